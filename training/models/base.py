@@ -1,0 +1,142 @@
+"""The interface every audio-visual classifier in `training.models` implements.
+
+The trainer, the losses and the ONNX/Triton exporter are written against this contract
+only, never against one architecture:
+
+    model.config                  # dataclass deriving from AVConfig (fields below + clip_samples)
+    model.head_names              # every output head, e.g. Zorro: ("audio", "video", "fusion", "global")
+    model.servable_modalities     # the input sets a faithful graph exists for,
+                                  # e.g. Zorro: {"audio","video"}, {"audio"}, {"video"}
+    model.heads_for(modalities)   # heads computable from those inputs, Zorro audio-only -> ("audio",)
+    model.feature_dim             # width of forward_features outputs
+    model(audio=None, video=None) -> {head: logits [B, num_classes], ..., "logits": mean of those heads}
+    model.forward_features(audio=None, video=None) -> {head: features [B, feature_dim]}
+
+Inputs (what the gateway sends, so train and serve see the same tensors):
+    audio: float32 [B, config.clip_samples], mono PCM in [-1, 1] at config.sample_rate.
+    video: uint8, or float32 in 0..255 (so mixup can blend frames),
+           [B, config.num_frames, config.image_size, config.image_size, 3] RGB.
+The audio front-end (log-mel) and pixel normalisation live inside the model, so they are part
+of every exported graph (shared/DESIGN.md: train/serve skew impossible by construction).
+
+A modality that is absent is passed as None, never zero-filled: a model computes only the
+heads in `heads_for(present)`, and an input set outside `servable_modalities` raises.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+
+import torch
+from torch import Tensor, nn
+
+AUDIO = "audio"
+VIDEO = "video"
+AUDIO_VIDEO = frozenset({AUDIO, VIDEO})
+AUDIO_ONLY = frozenset({AUDIO})
+VIDEO_ONLY = frozenset({VIDEO})
+
+LOGITS_KEY = "logits"  # key of the head-averaged prediction in forward()'s dict
+
+
+@dataclasses.dataclass
+class AVConfig:
+    """Fields every architecture's config carries; the exporter writes them to config.pbtxt."""
+
+    sample_rate: int = 16_000  # Hz of the mono PCM the model takes
+    clip_seconds: float = 2.0  # audio (and video) span of one example
+    num_frames: int = 4  # RGB frames per example
+    image_size: int = 64  # frames are image_size x image_size
+    num_classes: int = 12
+
+    @property
+    def clip_samples(self) -> int:
+        """Exact length of the audio input; round() because 6.4 * 48000 is 307199.99... in floats."""
+        return int(round(self.sample_rate * self.clip_seconds))
+
+
+class AVClassifier(nn.Module, abc.ABC):
+    """Abstract base: see the module docstring for the contract."""
+
+    config: AVConfig
+    head_names: tuple[str, ...]
+
+    @property
+    @abc.abstractmethod
+    def servable_modalities(self) -> tuple[frozenset[str], ...]: ...
+
+    @abc.abstractmethod
+    def heads_for(self, modalities: frozenset[str]) -> tuple[str, ...]: ...
+
+    @property
+    @abc.abstractmethod
+    def feature_dim(self) -> int: ...
+
+    @abc.abstractmethod
+    def forward_features(self, audio: Tensor | None = None, video: Tensor | None = None) -> dict[str, Tensor]: ...
+
+    @abc.abstractmethod
+    def classify(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Per-head classifier on forward_features' output: {head: logits}, no "logits" key."""
+
+    def forward(self, audio: Tensor | None = None, video: Tensor | None = None) -> dict[str, Tensor]:
+        per_head = self.classify(self.forward_features(audio=audio, video=video))
+        return with_mean_logits(per_head)
+
+    # Helpers shared by the architectures -------------------------------------------------
+
+    def present_modalities(self, audio: Tensor | None, video: Tensor | None) -> frozenset[str]:
+        """The input set of a call, checked against servable_modalities and the input shapes."""
+        present = frozenset(name for name, x in ((AUDIO, audio), (VIDEO, video)) if x is not None)
+        if present not in self.servable_modalities:
+            servable = [sorted(m) for m in self.servable_modalities]
+            raise ValueError(f"{type(self).__name__} cannot run on inputs {sorted(present)}; servable: {servable}")
+        cfg = self.config
+        if audio is not None and (audio.dim() != 2 or audio.shape[1] != cfg.clip_samples):
+            raise ValueError(f"audio must be [B, {cfg.clip_samples}] PCM, got {tuple(audio.shape)}")
+        if video is not None:
+            expected = (cfg.num_frames, cfg.image_size, cfg.image_size, 3)
+            if video.dim() != 5 or tuple(video.shape[1:]) != expected:
+                raise ValueError(f"video must be [B, {', '.join(map(str, expected))}], got {tuple(video.shape)}")
+        if audio is not None and video is not None and audio.shape[0] != video.shape[0]:
+            raise ValueError(f"batch sizes differ: audio {audio.shape[0]}, video {video.shape[0]}")
+        return present
+
+
+def with_mean_logits(per_head: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Adds "logits" = mean of the heads' logits.
+
+    Zorro (Sec. 3.1 / App. B) "average[s] its predictions" without saying whether logits or
+    probabilities; we average logits because it keeps one tensor type for both softmax and
+    sigmoid losses and exports as one op. A single head is returned as is (no averaging
+    arithmetic), so a unimodal graph's "logits" is bit-identical to that head.
+    """
+    heads = list(per_head.values())
+    mean = heads[0] if len(heads) == 1 else torch.stack(heads, dim=0).mean(dim=0)
+    return {**per_head, LOGITS_KEY: mean}
+
+
+class ModalityGraph(nn.Module):
+    """Thin export wrapper: one servable input set -> (averaged logits, per-head logits).
+
+    Positional inputs in the fixed order (audio, video), only those in `modalities`, because
+    ONNX/Triton graphs have no optional inputs on batched models (shared/DESIGN.md).
+    Outputs: "logits" [B, C] (mean over heads) and "head_logits" [B, n_heads, C] in the
+    order of `self.head_names`.
+    """
+
+    output_names = (LOGITS_KEY, "head_logits")
+
+    def __init__(self, model: AVClassifier, modalities: frozenset[str]):
+        super().__init__()
+        if frozenset(modalities) not in model.servable_modalities:
+            raise ValueError(f"{sorted(modalities)} is not servable by {type(model).__name__}")
+        self.model = model
+        self.modalities = frozenset(modalities)
+        self.input_names = tuple(m for m in (AUDIO, VIDEO) if m in self.modalities)
+        self.head_names = model.heads_for(self.modalities)
+
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.model(**dict(zip(self.input_names, inputs, strict=True)))
+        return out[LOGITS_KEY], torch.stack([out[h] for h in self.head_names], dim=1)
