@@ -8,7 +8,7 @@ The common interface is documented in training/models/base.py.
 """
 
 from . import zorro  # noqa: F401  (importing an architecture module registers its presets)
-from .base import AUDIO, AUDIO_ONLY, AUDIO_VIDEO, LOGITS_KEY, VIDEO, VIDEO_ONLY, AVClassifier, AVConfig, ModalityGraph
+from .base import AUDIO, AUDIO_ONLY, AUDIO_VIDEO, HEAD_OUTPUT_PREFIX, LOGITS_KEY, VIDEO, VIDEO_ONLY, AVClassifier, AVConfig, ModalityGraph
 from .registry import create_model, get_model_config, list_models, register_model
 from .zorro import ZorroConfig, ZorroViT
 
@@ -21,6 +21,7 @@ __all__ = [
     "VIDEO_ONLY",
     "AVClassifier",
     "AVConfig",
+    "HEAD_OUTPUT_PREFIX",
     "ModalityGraph",
     "ZorroConfig",
     "ZorroViT",

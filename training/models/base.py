@@ -38,6 +38,7 @@ AUDIO_ONLY = frozenset({AUDIO})
 VIDEO_ONLY = frozenset({VIDEO})
 
 LOGITS_KEY = "logits"  # key of the head-averaged prediction in forward()'s dict
+HEAD_OUTPUT_PREFIX = "head_"  # exported graphs name each head's output head_<name>
 
 
 @dataclasses.dataclass
@@ -61,6 +62,8 @@ class AVClassifier(nn.Module, abc.ABC):
 
     config: AVConfig
     head_names: tuple[str, ...]
+    # Paper family, written to the model repository so the gateway can tell models apart.
+    architecture: ClassVar[str]
 
     @property
     @abc.abstractmethod
@@ -118,15 +121,14 @@ def with_mean_logits(per_head: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 class ModalityGraph(nn.Module):
-    """Thin export wrapper: one servable input set -> (averaged logits, per-head logits).
+    """Thin export wrapper: one servable input set -> the averaged logits and each head's logits.
 
     Positional inputs in the fixed order (audio, video), only those in `modalities`, because
     ONNX/Triton graphs have no optional inputs on batched models (shared/DESIGN.md).
-    Outputs: "logits" [B, C] (mean over heads) and "head_logits" [B, n_heads, C] in the
-    order of `self.head_names`.
+    Outputs, in `output_names` order: "logits" [B, C] (mean over heads), then one
+    "head_<name>" [B, C] per head in `head_names` order — the names the model repository
+    contract (avserve/repository) gives them, so a Triton client can ask for any one head.
     """
-
-    output_names = (LOGITS_KEY, "head_logits")
 
     def __init__(self, model: AVClassifier, modalities: frozenset[str]):
         super().__init__()
@@ -136,7 +138,8 @@ class ModalityGraph(nn.Module):
         self.modalities = frozenset(modalities)
         self.input_names = tuple(m for m in (AUDIO, VIDEO) if m in self.modalities)
         self.head_names = model.heads_for(self.modalities)
+        self.output_names = (LOGITS_KEY, *(HEAD_OUTPUT_PREFIX + h for h in self.head_names))
 
-    def forward(self, *inputs: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         out = self.model(**dict(zip(self.input_names, inputs, strict=True)))
-        return out[LOGITS_KEY], torch.stack([out[h] for h in self.head_names], dim=1)
+        return (out[LOGITS_KEY], *(out[h] for h in self.head_names))

@@ -167,6 +167,8 @@ class ZorroConfig(AVConfig):
 class ZorroViT(AVClassifier):
     """Zorro-ViT (shared or separate weights, any of the four masking schemes). See module docstring."""
 
+    architecture = "zorro"
+
     def __init__(self, config: ZorroConfig):
         super().__init__()
         self.config = cfg = config

@@ -1,0 +1,54 @@
+"""Fixtures for the training tests: one small synthetic dataset per test session (per xdist
+worker), generated with the project's own generator (real encoded files + manifest.csv)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+# two shared cores: keep each test process (and its DataLoader workers) on one thread
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def synth_dir(tmp_path_factory) -> Path:
+    from training.data.synth import generate_dataset
+
+    out = tmp_path_factory.mktemp("synth")
+    manifest = generate_dataset(out, clips=36, seed=0)
+    return Path(manifest).parent
+
+
+@pytest.fixture(scope="session")
+def synth_manifest(synth_dir) -> Path:
+    return synth_dir / "manifest.csv"
+
+
+@pytest.fixture()
+def tiny_train(tmp_path, synth_dir):
+    """Keyword arguments for a fast TrainConfig on the synthetic set."""
+
+    def make(**kw):
+        from training.trainer import TrainConfig
+
+        base = dict(
+            model="zorro_tiny",
+            data=synth_dir,
+            out=tmp_path / "run",
+            batch_size=4,
+            steps=3,
+            lr=1e-3,
+            workers=0,
+            progress=False,
+            log_every=1,
+            max_eval_clips=4,
+        )
+        base.update(kw)
+        return TrainConfig(**base)
+
+    return make

@@ -1,0 +1,131 @@
+import json
+
+import pytest
+import torch
+
+from training import checkpoint as ckpt
+from training.trainer import TrainError, Trainer
+
+
+def test_loss_decreases_on_a_tiny_batch(synth_dir):
+    """Overfit one fixed batch of 4 real clips with the supervised loss on all four heads."""
+    from training.data.dataset import AVClipDataset, Preprocessing, collate
+    from training.data.records import load_records
+    from training.losses import smooth_targets, supervised_loss
+    from training.models import create_model
+
+    torch.manual_seed(0)
+    records = load_records(synth_dir)
+    model = create_model("zorro_tiny", num_classes=len(records.classes))
+    ds = AVClipDataset(records.split("train").records, records.classes, False, Preprocessing.from_config(model.config), train=False, missing="skip")
+    batch = collate([ds[i] for i in range(4)])
+    target = smooth_targets(batch["target"], len(records.classes))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model.eval()  # no SpecAugment: a fixed batch
+    losses = []
+    for _ in range(12):
+        out = model(audio=batch["audio"], video=batch["video"])
+        loss, per_head = supervised_loss(out, target, model.head_names, False)
+        assert set(per_head) == set(model.head_names)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_supervised_run_writes_checkpoints_metrics_and_eval(tiny_train):
+    cfg = tiny_train(steps=3)
+    summary = Trainer(cfg).fit()
+    out = cfg.out
+    for name in ("run.json", "last.pt", "best.pt", "metrics.jsonl", "eval.json"):
+        assert (out / name).is_file(), name
+    run = json.loads((out / "run.json").read_text())
+    assert run["model"] == "zorro_tiny" and run["objective"] == "supervised" and len(run["classes"]) == 12
+    assert run["result"]["clips_per_s"] > 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert [r["step"] for r in train_rows] == [1, 2, 3]
+    for key in ("loss", "loss/audio", "loss/video", "loss/fusion", "loss/global", "lr"):
+        assert key in train_rows[0]
+    assert train_rows[-1]["clips_per_s"] > 0 and 0 <= train_rows[-1]["data_share"] <= 1
+    ev = json.loads((out / "eval.json").read_text())["best"]
+    assert set(ev["heads"]) == {"audio", "video", "fusion", "global"}
+    for metrics in [*ev["heads"].values(), ev["average"]]:
+        assert 0 <= metrics["top1"] <= 1 and 0 <= metrics["mAP"] <= 1
+    assert summary["steps"] == 3
+
+    # the exporter's entry point: rebuild from run.json + best.pt without the trainer
+    model, info = ckpt.load_run(out)
+    assert info.classes == run["classes"] and info.step == 3 and not model.training
+    state = torch.load(out / "best.pt", weights_only=False)
+    assert all(torch.equal(v, state["model"][k]) for k, v in model.state_dict().items())
+
+    # an existing run is not overwritten without --resume
+    with pytest.raises(TrainError, match="--resume"):
+        Trainer(tiny_train(steps=3))
+
+
+def test_resume_continues_exactly(tiny_train, tmp_path):
+    kw = dict(steps=4, eval_every=2, max_eval_clips=2)
+    straight = tiny_train(out=tmp_path / "straight", **kw)
+    Trainer(straight).fit()
+    split = tiny_train(out=tmp_path / "split", stop_at=2, **kw)
+    Trainer(split).fit()
+    first = torch.load(split.out / "last.pt", weights_only=False)
+    assert first["step"] == 2 and first["optimizer"]["state"]  # Adam moments saved
+    resumed = Trainer(tiny_train(out=tmp_path / "split", resume=True, **kw))
+    assert resumed.step == 2
+    # optimiser state restored
+    opt_state = resumed.optimizer.state_dict()["state"]
+    assert torch.equal(opt_state[0]["exp_avg"], first["optimizer"]["state"][0]["exp_avg"])
+    resumed.fit()
+    a = torch.load(straight.out / "last.pt", weights_only=False)
+    b = torch.load(split.out / "last.pt", weights_only=False)
+    assert a["step"] == b["step"] == 4
+    for k in a["model"]:  # bit-identical to the uninterrupted run
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    steps = [json.loads(l)["step"] for l in (split.out / "metrics.jsonl").read_text().splitlines() if '"train"' in l]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_contrastive_then_finetune(tiny_train, tmp_path):
+    pre = tiny_train(out=tmp_path / "pre", objective="contrastive", steps=2, max_eval_clips=4)
+    Trainer(pre).fit()
+    ev = json.loads((pre.out / "eval.json").read_text())["best"]
+    assert ev["nce"] > 0 and set(ev) >= {"nce/av", "nce/af", "nce/vf", "retrieval_a2v_top1"}
+    state = torch.load(pre.out / "last.pt", weights_only=False)
+    assert state["projectors"] is not None
+    assert not any(k.startswith("proj") for k in state["model"])  # projectors kept apart from the model
+
+    ft_cfg = tiny_train(out=tmp_path / "ft", init_from=pre.out, steps=1)
+    ft = Trainer(ft_cfg)
+    report = ft.init_report
+    assert report is not None and len(report.loaded) == len(state["model"]) and not report.unexpected
+    assert ft.recipe.name == "finetune" and ft.recipe.optimizer == "sgd"
+    pre_best = torch.load(pre.out / "best.pt", weights_only=False)["model"]
+    for k, v in ft.model.state_dict().items():
+        assert torch.equal(v, pre_best[k]), k
+    ft.fit()
+    assert (ft_cfg.out / "best.pt").is_file()
+
+
+def test_init_from_reports_mismatched_heads(tiny_train, tmp_path):
+    from training.models import create_model
+
+    src = tmp_path / "five.pt"
+    torch.save({"model": create_model("zorro_tiny", num_classes=5).state_dict()}, src)
+    trainer = Trainer(tiny_train(out=tmp_path / "x", init_from=src, steps=1))
+    assert trainer.init_report.mismatched and not trainer.init_report.unexpected
+    assert "shape-mismatched" in trainer.init_report.summary()
+
+
+def test_load_run_errors(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="does not exist"):
+        ckpt.load_run(tmp_path / "nope")
+    (tmp_path / "run.json").write_text(json.dumps({"model": "zorro_tiny", "overrides": {}, "classes": ["a", "b"], "multilabel": False}))
+    with pytest.raises(ckpt.CheckpointError, match="not found"):
+        ckpt.load_run(tmp_path)
+    (tmp_path / "best.pt").write_bytes(b"garbage")
+    with pytest.raises(ckpt.CheckpointError, match="corrupt"):
+        ckpt.load_run(tmp_path)

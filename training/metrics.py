@@ -1,0 +1,121 @@
+"""Evaluation metrics: top-k accuracy and mean average precision (numpy, no sklearn).
+
+* top-1 for single-label targets (class indices): argmax == label.
+  For multi-label (multi-hot) targets: the top-scored class is one of the positives.
+* AP per class is the non-interpolated average precision (sklearn's `average_precision_score`:
+  sum over distinct score thresholds of (R_n - R_{n-1}) * P_n, tied scores grouped).
+  mAP averages over classes with at least one positive (classes with none are undefined and skipped).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+
+def _as_multihot(target: np.ndarray, num_classes: int) -> np.ndarray:
+    target = np.asarray(target)
+    if target.ndim == 1:
+        out = np.zeros((target.shape[0], num_classes), dtype=np.float64)
+        out[np.arange(target.shape[0]), target.astype(np.int64)] = 1.0
+        return out
+    return (target > 0.5).astype(np.float64)
+
+
+def topk_accuracy(scores: np.ndarray, target: np.ndarray, k: int = 1) -> float:
+    """scores [N, C]; target [N] class indices or [N, C] multi-hot."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape[0] == 0:
+        return float("nan")
+    k = min(k, scores.shape[1])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    hot = _as_multihot(target, scores.shape[1])
+    hit = np.take_along_axis(hot, top, axis=1).max(axis=1)
+    return float(hit.mean())
+
+
+def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
+    """AP of one class: scores [N], positives [N] bool. NaN if there are no positives."""
+    scores = np.asarray(scores, dtype=np.float64)
+    positives = np.asarray(positives).astype(bool)
+    n_pos = positives.sum()
+    if n_pos == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="mergesort")
+    s, y = scores[order], positives[order]
+    tp = np.cumsum(y)
+    # the last index of every group of tied scores is a threshold
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]
+    tp_at = tp[last]
+    precision = tp_at / (last + 1)
+    recall = tp_at / n_pos
+    recall_prev = np.r_[0.0, recall[:-1]]
+    return float(np.sum((recall - recall_prev) * precision))
+
+
+def mean_average_precision(scores: np.ndarray, target: np.ndarray) -> float:
+    scores = np.asarray(scores, dtype=np.float64)
+    hot = _as_multihot(target, scores.shape[1])
+    aps = [average_precision(scores[:, c], hot[:, c]) for c in range(scores.shape[1])]
+    aps = [a for a in aps if not np.isnan(a)]
+    return float(np.mean(aps)) if aps else float("nan")
+
+
+def classification_metrics(scores: np.ndarray, target: np.ndarray, multilabel: bool) -> dict:
+    """{'top1', 'top5', 'mAP', 'num_clips'} for one set of predictions.
+
+    `scores` are logits or probabilities (both metrics are rank-based per row / per class, except
+    that mAP compares scores across clips, for which we use probabilities: softmax for single-label,
+    sigmoid for multi-label; pass logits and set `multilabel` accordingly).
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    probs = _sigmoid(scores) if multilabel else _softmax(scores)
+    return {
+        "top1": topk_accuracy(scores, target, 1),
+        "top5": topk_accuracy(scores, target, 5),
+        "mAP": mean_average_precision(probs, target),
+        "num_clips": int(scores.shape[0]),
+    }
+
+
+def evaluate_heads(
+    logits: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray], target: np.ndarray, multilabel: bool
+) -> dict:
+    """Per-head metrics over the clips where that head is valid, plus `average`: per clip, the mean
+    of the probabilities of its valid heads (Zorro averages the predictions of its heads; for a
+    clip missing a modality only the heads that exist for it take part)."""
+    heads = list(logits)
+    out: dict = {"heads": {}}
+    probs_sum = None
+    count = None
+    for head in heads:
+        lg = np.asarray(logits[head], dtype=np.float64)
+        ok = np.asarray(valid[head]).astype(bool)
+        if ok.any():
+            out["heads"][head] = classification_metrics(lg[ok], np.asarray(target)[ok], multilabel)
+        p = _sigmoid(lg) if multilabel else _softmax(lg)
+        p = p * ok[:, None]
+        probs_sum = p if probs_sum is None else probs_sum + p
+        count = ok.astype(np.float64) if count is None else count + ok
+    if probs_sum is not None:
+        has_any = count > 0
+        avg = probs_sum[has_any] / count[has_any, None]
+        tgt = np.asarray(target)[has_any]
+        out["average"] = {
+            "top1": topk_accuracy(avg, tgt, 1),
+            "top5": topk_accuracy(avg, tgt, 5),
+            "mAP": mean_average_precision(avg, tgt),
+            "num_clips": int(avg.shape[0]),
+        }
+    return out
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(axis=1, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
