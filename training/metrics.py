@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-from typing import Mapping
 
 import numpy as np
 
@@ -77,38 +76,6 @@ def classification_metrics(scores: np.ndarray, target: np.ndarray, multilabel: b
         "mAP": mean_average_precision(probs, target),
         "num_clips": int(scores.shape[0]),
     }
-
-
-def evaluate_heads(
-    logits: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray], target: np.ndarray, multilabel: bool
-) -> dict:
-    """Per-head metrics over the clips where that head is valid, plus `average`: per clip, the mean
-    of the probabilities of its valid heads (Zorro averages the predictions of its heads; for a
-    clip missing a modality only the heads that exist for it take part)."""
-    heads = list(logits)
-    out: dict = {"heads": {}}
-    probs_sum = None
-    count = None
-    for head in heads:
-        lg = np.asarray(logits[head], dtype=np.float64)
-        ok = np.asarray(valid[head]).astype(bool)
-        if ok.any():
-            out["heads"][head] = classification_metrics(lg[ok], np.asarray(target)[ok], multilabel)
-        p = _sigmoid(lg) if multilabel else _softmax(lg)
-        p = p * ok[:, None]
-        probs_sum = p if probs_sum is None else probs_sum + p
-        count = ok.astype(np.float64) if count is None else count + ok
-    if probs_sum is not None:
-        has_any = count > 0
-        avg = probs_sum[has_any] / count[has_any, None]
-        tgt = np.asarray(target)[has_any]
-        out["average"] = {
-            "top1": topk_accuracy(avg, tgt, 1),
-            "top5": topk_accuracy(avg, tgt, 5),
-            "mAP": mean_average_precision(avg, tgt),
-            "num_clips": int(avg.shape[0]),
-        }
-    return out
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

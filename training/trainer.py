@@ -52,7 +52,7 @@ from training import checkpoint as ckpt
 from training import distributed as D
 from training.augment import mixup
 from training.losses import ContrastiveProjectors, contrastive_loss, smooth_targets, supervised_loss
-from training.metrics import evaluate_heads
+from training.evaluate import collect_outputs, score_outputs, valid_head_masks
 from training.optim import Schedule, build_optimizer, build_scheduler, default_recipe, effective_lr, resolve_recipe, warmup_steps_for
 
 OBJECTIVES = ("supervised", "contrastive")
@@ -251,7 +251,6 @@ class Trainer:
         # which inputs the model takes: its largest servable input set
         servable = [frozenset(m) for m in model.servable_modalities]
         self.input_modalities = max(servable, key=len)
-        self._heads_cache: dict[frozenset, tuple[str, ...]] = {}
         self.head_names = tuple(model.head_names)
 
         pre = Preprocessing.from_config(model.config)
@@ -444,17 +443,8 @@ class Trainer:
 
     def _valid_masks(self, has_audio: torch.Tensor, has_video: torch.Tensor) -> dict[str, torch.Tensor]:
         """{head: bool [B]}: the head exists for the clip's present modalities."""
-        servable = {frozenset(m) for m in self.model.servable_modalities}
-        masks = {h: torch.zeros(has_audio.shape[0], dtype=torch.bool) for h in self.head_names}
-        for i, (a, v) in enumerate(zip(has_audio.tolist(), has_video.tolist())):
-            present = frozenset(m for m, ok in (("audio", a), ("video", v)) if ok)
-            heads = self._heads_cache.get(present)
-            if heads is None:
-                heads = tuple(self.model.heads_for(present)) if present in servable else ()
-                self._heads_cache[present] = heads
-            for h in heads:
-                masks[h][i] = True
-        return {h: m.to(self.device) for h, m in masks.items()}
+        masks = valid_head_masks(self.model, has_audio.numpy(), has_video.numpy())
+        return {h: torch.from_numpy(m).to(self.device) for h, m in masks.items()}
 
     def _inputs(self, batch: dict[str, torch.Tensor]):
         audio = batch["audio"].to(self.device, non_blocking=True) if "audio" in batch else None
@@ -515,24 +505,13 @@ class Trainer:
         was_training = self.net.training
         self.net.eval()
         loader, _ = self._loader(self.eval_set, train=False)
-        idx, tgt, has_a, has_v = [], [], [], []
-        logits: dict[str, list] = {}
-        for batch in loader:
-            audio, video = self._inputs(batch)
-            with self._autocast():
-                out = self.net(audio=audio, video=video)
-            for k, v in out.items():
-                logits.setdefault(k, []).append(v.float().cpu().numpy())
-            idx.append(batch["index"].numpy())
-            tgt.append(batch["target"].numpy())
-            has_a.append(batch["has_audio"].numpy())
-            has_v.append(batch["has_video"].numpy())
+        collected = collect_outputs(self.net, loader, self.device, self._autocast)
         local = {
-            "index": np.concatenate(idx),
-            "target": np.concatenate(tgt),
-            "has_audio": np.concatenate(has_a),
-            "has_video": np.concatenate(has_v),
-            "out": {k: np.concatenate(v) for k, v in logits.items()},
+            "index": collected.index,
+            "target": collected.target,
+            "has_audio": collected.has_audio,
+            "has_video": collected.has_video,
+            "out": collected.logits,
         }
         gathered = D.all_gather_objects(local)
         self.net.train(was_training)
@@ -560,18 +539,7 @@ class Trainer:
                 result["retrieval_chance"] = 1.0 / len(sim)
             result["score"] = -result["nce"]
             return result
-        valid = self._valid_masks(torch.from_numpy(ha), torch.from_numpy(hv))
-        valid = {h: m.cpu().numpy() for h, m in valid.items()}
-        heads = {h: outs[h] for h in self.head_names if h in outs}
-        result.update(evaluate_heads(heads, valid, target, self.multilabel))
-        # per presence group, how the averaged prediction does (unimodal clips vs audio+video)
-        groups = {}
-        for name, sel in (("audio+video", ha & hv), ("audio", ha & ~hv), ("video", ~ha & hv)):
-            if sel.any():
-                sub = evaluate_heads({h: v[sel] for h, v in heads.items()}, {h: m[sel] for h, m in valid.items()}, target[sel], self.multilabel)
-                if "average" in sub:
-                    groups[name] = sub["average"]
-        result["by_modalities"] = groups
+        result.update(score_outputs(self.model, outs, target, ha, hv, self.multilabel))
         avg = result.get("average", {})
         result["score"] = avg.get("mAP" if self.multilabel else "top1", float("nan"))
         return result

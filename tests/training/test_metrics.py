@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from training.metrics import average_precision, classification_metrics, evaluate_heads, mean_average_precision, topk_accuracy
+from training.evaluate import score_outputs
+from training.metrics import average_precision, classification_metrics, mean_average_precision, topk_accuracy
 
 
 def test_average_precision_hand_computed():
@@ -39,17 +40,34 @@ def test_topk_single_and_multilabel():
     assert topk_accuracy(scores, multi, 1) == pytest.approx(2 / 3)
 
 
-def test_classification_metrics_and_head_average():
+class _TwoHeadModel:
+    """Just the contract score_outputs reads: heads and which exist for which inputs."""
+
+    head_names = ("audio", "video")
+    servable_modalities = (frozenset({"audio", "video"}), frozenset({"audio"}), frozenset({"video"}))
+
+    @staticmethod
+    def heads_for(modalities):
+        return tuple(h for h in ("audio", "video") if h in modalities)
+
+
+def test_score_outputs_counts_heads_only_where_they_exist_and_averages_logits():
     logits = {
-        "audio": np.array([[5.0, 0.0], [5.0, 0.0]]),
-        "video": np.array([[0.0, 5.0], [0.0, 9.0]]),
+        "audio": np.array([[3.0, 0.0], [5.0, 0.0], [0.0, 0.0]]),
+        "video": np.array([[0.0, 2.0], [0.0, 9.0], [0.0, 1.0]]),
     }
-    target = np.array([0, 1])
-    valid = {"audio": np.array([True, False]), "video": np.array([True, True])}
-    r = evaluate_heads(logits, valid, target, multilabel=False)
+    target = np.array([0, 1, 1])
+    # clip 0: both tracks; clip 1: video only (its audio logits come from zeros and must not count);
+    # clip 2: video only
+    has_audio = np.array([True, False, False])
+    has_video = np.array([True, True, True])
+    r = score_outputs(_TwoHeadModel, logits, target, has_audio, has_video, multilabel=False)
     assert r["heads"]["audio"]["num_clips"] == 1 and r["heads"]["audio"]["top1"] == 1.0
-    assert r["heads"]["video"]["top1"] == 0.5
-    # clip 0: mean of audio and video probabilities -> tie broken to class 0 (stable); clip 1: video only -> 1
+    assert r["heads"]["video"]["num_clips"] == 3 and r["heads"]["video"]["top1"] == 2 / 3
+    # clip 0 is served the mean of the logits, [1.5, 1.0] -> class 0 (the mean of the probabilities
+    # would pick class 1: softmax([3,0]) = [.95,.05], softmax([0,2]) = [.12,.88]); clips 1, 2: video
     assert r["average"]["top1"] == 1.0
+    assert r["by_modalities"]["audio+video"]["num_clips"] == 1
+    assert r["by_modalities"]["video"]["num_clips"] == 2 and r["by_modalities"]["video"]["top1"] == 1.0
     m = classification_metrics(np.array([[2.0, 1.0], [0.0, 1.0]]), np.array([0, 1]), multilabel=False)
     assert m["top1"] == 1.0 and m["mAP"] == 1.0

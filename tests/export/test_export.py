@@ -1,0 +1,180 @@
+"""The exporter: Triton model repository layout, graph parity, and failure hygiene."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from avserve.repository import load_repository, read_model_config
+from training.export import ExportError, ExportOptions, export_model, export_run
+
+from .conftest import make_run
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def session(repository, name):
+    return ort.InferenceSession(str(repository / name / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+def run(repository, name, **inputs):
+    sess = session(repository, name)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(None, inputs)))
+
+
+def random_inputs(model, batch, seed):
+    generator = np.random.default_rng(seed)
+    cfg = model.config
+    audio = generator.uniform(-1, 1, (batch, cfg.clip_samples)).astype(np.float32)
+    video = generator.integers(0, 256, (batch, cfg.num_frames, cfg.image_size, cfg.image_size, 3), dtype=np.uint8)
+    return audio, video
+
+
+def test_repository_layout_and_routes(exported):
+    repository, models = exported
+    assert sorted(models) == ["zorro_tiny_audio", "zorro_tiny_av", "zorro_tiny_video"]
+    repo = load_repository(repository)  # the gateway's reader accepts what the exporter writes
+    assert repo.routes["zorro_tiny"] == {
+        frozenset({"audio", "video"}): "zorro_tiny_av",
+        frozenset({"audio"}): "zorro_tiny_audio",
+        frozenset({"video"}): "zorro_tiny_video",
+    }
+    av = repo.models["zorro_tiny_av"]
+    assert av.heads == ("audio", "video", "fusion", "global")
+    assert [o.name for o in av.outputs] == ["logits", "head_audio", "head_video", "head_fusion", "head_global"]
+    assert (av.sample_rate, av.clip_seconds, av.num_frames, av.image_size) == (16000, 2.0, 4, 64)
+    assert repo.models["zorro_tiny_audio"].heads == ("audio",)
+    config = read_model_config(repository / "zorro_tiny_video" / "config.pbtxt")
+    assert config.platform == "onnxruntime_onnx" and config.max_batch_size == 16
+    assert config.HasField("dynamic_batching") and config.version_policy.latest.num_versions == 1
+    assert config.model_warmup[0].inputs["video"].zero_data
+    assert list(config.input[0].dims) == [4, 64, 64, 3]
+    assert not [p for p in repository.iterdir() if p.name.startswith(".")]  # no staging leftovers
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_each_graph_matches_torch(exported, tiny_run, batch):
+    repository, _ = exported
+    model = tiny_run[1]
+    audio, video = random_inputs(model, batch, seed=batch)
+    with torch.no_grad():
+        expected = model(audio=torch.from_numpy(audio), video=torch.from_numpy(video))
+        expected_audio = model(audio=torch.from_numpy(audio))
+        expected_video = model(video=torch.from_numpy(video))
+    av = run(repository, "zorro_tiny_av", audio=audio, video=video)
+    for head in ("audio", "video", "fusion", "global"):
+        np.testing.assert_allclose(av[f"head_{head}"], expected[head].numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(av["logits"], expected["logits"].numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(run(repository, "zorro_tiny_audio", audio=audio)["logits"], expected_audio["logits"].numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(run(repository, "zorro_tiny_video", video=video)["logits"], expected_video["logits"].numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_unimodal_graphs_equal_the_full_graphs_heads_on_real_clips(exported, tiny_run, real_clips, batch):
+    repository, _ = exported
+    audio, video = real_clips[0][:batch], real_clips[1][:batch]
+    av = run(repository, "zorro_tiny_av", audio=audio, video=video)
+    audio_only = run(repository, "zorro_tiny_audio", audio=audio)
+    video_only = run(repository, "zorro_tiny_video", video=video)
+    np.testing.assert_allclose(audio_only["logits"], av["head_audio"], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(video_only["logits"], av["head_video"], atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(audio_only["logits"], audio_only["head_audio"])  # one head: no averaging
+    with torch.no_grad():
+        expected = tiny_run[1](audio=torch.from_numpy(audio), video=torch.from_numpy(video))
+    np.testing.assert_allclose(av["logits"], expected["logits"].numpy(), atol=1e-4, rtol=0)
+
+
+def test_audio_graph_holds_only_the_audio_stream(exported):
+    repository, models = exported
+    assert models["zorro_tiny_audio"].file_bytes < models["zorro_tiny_av"].file_bytes
+    assert models["zorro_tiny_video"].file_bytes < models["zorro_tiny_av"].file_bytes
+    audio_inputs = [i.name for i in session(repository, "zorro_tiny_audio").get_inputs()]
+    assert audio_inputs == ["audio"]
+
+
+def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path):
+    with pytest.raises(ExportError, match="does not exist"):
+        export_run(tmp_path / "nope", tmp_path / "repo")
+    run_dir = tmp_path / "run"
+    make_run(run_dir)
+    (run_dir / "best.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ExportError, match="corrupt"):
+        export_run(run_dir, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists() or not any((tmp_path / "repo").iterdir())
+
+
+def test_unwritable_repository_is_a_clear_error(tiny_run, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(ExportError, match="cannot write to repository"):
+        export_run(tiny_run[0], blocker / "repo")
+
+
+def test_failed_export_leaves_the_previous_model_untouched(tiny_run, tmp_path):
+    repository = tmp_path / "repo"
+    export_model(tiny_run[1], [f"c{i}" for i in range(12)], repository, ExportOptions(family="fam"))
+    before = {p: p.read_bytes() for p in repository.rglob("*") if p.is_file()}
+    # A parity bound nothing can meet makes the export fail after the ONNX file is written.
+    with pytest.raises(ExportError, match="differs from torch"):
+        export_model(tiny_run[1], [f"c{i}" for i in range(12)], repository, ExportOptions(family="fam", tolerance=-1.0))
+    after = {p: p.read_bytes() for p in repository.rglob("*") if p.is_file()}
+    assert after == before
+    assert sorted(p.name for p in repository.iterdir()) == ["fam_audio", "fam_av", "fam_video"]
+
+
+def test_reexport_replaces_the_model(tiny_run, tmp_path):
+    repository = tmp_path / "repo"
+    export_model(tiny_run[1], [f"c{i}" for i in range(12)], repository, ExportOptions(family="fam"))
+    other = make_run(tmp_path / "other", seed=1)
+    export_model(other, [f"d{i}" for i in range(12)], repository, ExportOptions(family="fam"))
+    assert (repository / "fam_av" / "labels.txt").read_text().splitlines()[0] == "d0"
+    assert sorted(p.name for p in repository.iterdir()) == ["fam_audio", "fam_av", "fam_video"]
+
+
+def test_tensorrt_accelerator_config(tiny_run, tmp_path):
+    export_model(tiny_run[1], [f"c{i}" for i in range(12)], tmp_path, ExportOptions(family="trt", runtime="tensorrt"))
+    config = read_model_config(tmp_path / "trt_av" / "config.pbtxt")
+    accelerators = config.optimization.execution_accelerators.gpu_execution_accelerator
+    assert [a.name for a in accelerators] == ["tensorrt"]
+    assert accelerators[0].parameters["precision_mode"] == "FP16"
+    assert (tmp_path / "trt_av" / "1" / "model.onnx").is_file()  # the ORT backend still loads the ONNX graph
+
+
+def test_tensorrt_plan_without_tensorrt_is_a_clear_error(tiny_run, tmp_path):
+    try:
+        import tensorrt  # noqa: F401
+
+        pytest.skip("TensorRT is installed: the engine build itself is exercised on GPU hosts")
+    except ImportError:
+        pass
+    with pytest.raises(ExportError, match="TensorRT"):
+        export_model(tiny_run[1], [f"c{i}" for i in range(12)], tmp_path, ExportOptions(family="plan", runtime="tensorrt_plan"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_export_errors_are_one_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "avserve.cli", "export", "--checkpoint", str(tmp_path / "missing"), "--repository", str(tmp_path / "r")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error:") and "Traceback" not in result.stderr
+
+
+def test_committed_demo_repository_matches_the_exporter(tmp_path):
+    """model_repository/ keeps configs and labels in git (weights are built by `make demo`);
+    they must be exactly what the exporter writes for the demo model."""
+    from training.data.synth import CLASS_NAMES
+    from training.models import create_model
+
+    committed = REPO_ROOT / "model_repository"
+    export_model(create_model("zorro_tiny"), CLASS_NAMES, tmp_path, ExportOptions(family="zorro_tiny"))
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file() and p.suffix != ".onnx")
+    assert written, "the exporter wrote nothing"
+    for relative in written:
+        assert (committed / relative).read_text() == (tmp_path / relative).read_text(), f"{relative} is stale: run `make demo`"

@@ -1,0 +1,139 @@
+"""Scoring a classifier's outputs: per head, the served prediction, and per kind of clip.
+
+Shared by the trainer's periodic evaluation and `avserve evaluate` (a finished run on any
+split), so the numbers in eval.json and in a report are computed the same way.
+
+A head only counts on the clips it exists for (`model.heads_for(present modalities)`): an
+audio-only clip is scored by the audio head, never by a fusion head fed zeros. The "served"
+prediction is what the exported graph answers: the mean of the logits of the clip's heads
+(`training.models.base.with_mean_logits`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.metrics import classification_metrics
+
+PRESENCE_GROUPS = ("audio+video", "audio", "video")
+
+
+def valid_head_masks(model: Any, has_audio: np.ndarray, has_video: np.ndarray) -> dict[str, np.ndarray]:
+    """{head: bool [N]}: whether each head exists for each clip's present modalities."""
+    servable = {frozenset(m) for m in model.servable_modalities}
+    heads_by_presence: dict[frozenset[str], tuple[str, ...]] = {}
+    masks = {head: np.zeros(len(has_audio), dtype=bool) for head in model.head_names}
+    for i, (a, v) in enumerate(zip(np.asarray(has_audio).tolist(), np.asarray(has_video).tolist())):
+        present = frozenset(m for m, ok in (("audio", a), ("video", v)) if ok)
+        if present not in heads_by_presence:
+            heads_by_presence[present] = tuple(model.heads_for(present)) if present in servable else ()
+        for head in heads_by_presence[present]:
+            masks[head][i] = True
+    return masks
+
+
+def served_logits(logits: Mapping[str, np.ndarray], valid: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(mean logits over each clip's valid heads [M, C], which clips have any head [N])."""
+    heads = list(logits)
+    total = sum(np.asarray(logits[h], np.float64) * valid[h][:, None] for h in heads)
+    count = sum(valid[h].astype(np.float64) for h in heads)
+    has_any = count > 0
+    return total[has_any] / count[has_any, None], has_any
+
+
+def score_outputs(
+    model: Any,
+    logits: Mapping[str, np.ndarray],
+    target: np.ndarray,
+    has_audio: np.ndarray,
+    has_video: np.ndarray,
+    multilabel: bool,
+) -> dict[str, Any]:
+    """{"heads": {head: metrics}, "average": metrics, "by_modalities": {group: metrics}}."""
+    target = np.asarray(target)
+    heads = {h: np.asarray(logits[h]) for h in model.head_names if h in logits}
+    valid = valid_head_masks(model, has_audio, has_video)
+    result: dict[str, Any] = {"heads": {}}
+    for head, values in heads.items():
+        if valid[head].any():
+            result["heads"][head] = classification_metrics(values[valid[head]], target[valid[head]], multilabel)
+    served, has_any = served_logits(heads, valid)
+    if has_any.any():
+        result["average"] = classification_metrics(served, target[has_any], multilabel)
+    groups = {}
+    has_audio, has_video = np.asarray(has_audio, bool), np.asarray(has_video, bool)
+    selections = {"audio+video": has_audio & has_video, "audio": has_audio & ~has_video, "video": ~has_audio & has_video}
+    for group, selected in selections.items():
+        chosen = selected & has_any
+        if chosen.any():
+            group_served, _ = served_logits({h: v[chosen] for h, v in heads.items()}, {h: m[chosen] for h, m in valid.items()})
+            groups[group] = classification_metrics(group_served, target[chosen], multilabel)
+    result["by_modalities"] = groups
+    return result
+
+
+@dataclass
+class CollectedOutputs:
+    index: np.ndarray
+    target: np.ndarray
+    has_audio: np.ndarray
+    has_video: np.ndarray
+    logits: dict[str, np.ndarray]
+
+
+@torch.no_grad()
+def collect_outputs(model: torch.nn.Module, loader, device: torch.device, autocast=None) -> CollectedOutputs:
+    """Run `model` over an AVClipDataset loader, keeping every output and the clips' flags."""
+    import contextlib
+
+    index, target, has_audio, has_video = [], [], [], []
+    logits: dict[str, list[np.ndarray]] = {}
+    for batch in loader:
+        audio = batch["audio"].to(device) if "audio" in batch else None
+        video = batch["video"].to(device) if "video" in batch else None
+        with autocast() if autocast else contextlib.nullcontext():
+            out = model(audio=audio, video=video)
+        for key, value in out.items():
+            logits.setdefault(key, []).append(value.float().cpu().numpy())
+        index.append(batch["index"].numpy())
+        target.append(batch["target"].numpy())
+        has_audio.append(batch["has_audio"].numpy())
+        has_video.append(batch["has_video"].numpy())
+    return CollectedOutputs(
+        np.concatenate(index),
+        np.concatenate(target),
+        np.concatenate(has_audio),
+        np.concatenate(has_video),
+        {k: np.concatenate(v) for k, v in logits.items()},
+    )
+
+
+def evaluate_run(run_dir: str | Path, data: str | Path, split: str = "test", batch_size: int = 32, workers: int = 0) -> dict[str, Any]:
+    """Score a finished run's best checkpoint on one split of a dataset."""
+    from training.checkpoint import load_run
+    from training.data.dataset import AVClipDataset, EpochSampler, Preprocessing, collate
+    from training.data.records import DatasetError, load_records
+
+    model, info = load_run(run_dir)
+    records = load_records(data)
+    if list(records.classes) != list(info.classes):
+        raise DatasetError(f"{data}: its classes differ from the {len(info.classes)} classes {run_dir} was trained on")
+    selected = records.split(split)
+    if not selected.records:
+        raise DatasetError(f"split {split!r} of {data} is empty")
+    modalities = sorted(max((frozenset(m) for m in model.servable_modalities), key=len))
+    dataset = AVClipDataset(
+        selected.records, info.classes, info.multilabel, Preprocessing.from_config(model.config), train=False, modalities=modalities
+    )
+    sampler = EpochSampler(len(dataset), shuffle=False, seed=0, num_replicas=1, rank=0, drop_last=False)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate)
+    outputs = collect_outputs(model, loader, torch.device("cpu"))
+    result = {"run": str(run_dir), "checkpoint": info.checkpoint, "step": info.step, "split": split, "num_clips": len(dataset)}
+    result.update(score_outputs(model, outputs.logits, outputs.target, outputs.has_audio, outputs.has_video, info.multilabel))
+    return result
