@@ -85,6 +85,195 @@ def data_info(
     typer.echo(dataset.summary())
 
 
+@app.command()
+def train(
+    model: Annotated[str, typer.Option(help="Model preset (training.models.list_models()), e.g. zorro_tiny.")],
+    data: Annotated[Path, typer.Option(help="Dataset: a manifest CSV or a directory.")],
+    out: Annotated[Path, typer.Option(help="Run directory (run.json, last.pt, best.pt, metrics.jsonl, eval.json).")],
+    objective: Annotated[str, typer.Option(help="supervised | contrastive (Zorro audio-visual NCE pre-training).")] = "supervised",
+    epochs: Annotated[Optional[float], typer.Option(help="Epochs (default 10 if --steps is not given).")] = None,
+    steps: Annotated[Optional[int], typer.Option(min=1, help="Optimiser steps (instead of --epochs).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Clips per step per process (global = x world size).")] = 8,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the recipe's).")] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay (default: the recipe's).")] = None,
+    warmup_steps: Annotated[Optional[int], typer.Option(min=0, help="Linear warm-up steps (default: the recipe's).")] = None,
+    recipe: Annotated[
+        Optional[str], typer.Option(help="Optimiser recipe (training.optim.RECIPES); default supervised_scratch / finetune / contrastive.")
+    ] = None,
+    scale_lr: Annotated[bool, typer.Option(help="Multiply the LR by global batch / 256 (Zorro).")] = False,
+    label_smoothing: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Label smoothing (default: recipe).")] = None,
+    mixup: Annotated[Optional[float], typer.Option(min=0.0, help="Mixup Beta(alpha, alpha); 0 = off (default: recipe).")] = None,
+    grad_clip: Annotated[Optional[float], typer.Option(help="Clip the gradient norm to this value.")] = None,
+    workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 2,
+    init_from: Annotated[Optional[Path], typer.Option(help="Fine-tune from a run directory (its best.pt) or a .pt file.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last.pt.")] = False,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", help="Model config override key=value (JSON value), repeatable.")
+    ] = None,
+    missing: Annotated[
+        Optional[str], typer.Option(help="Clips lacking a modality: zero (zero-fill, loss only on existing heads) | skip.")
+    ] = None,
+    eval_split: Annotated[str, typer.Option(help="Split to evaluate on ('' for none; falls back to 'test').")] = "val",
+    eval_every: Annotated[Optional[int], typer.Option(min=1, help="Evaluate every N steps (default once per epoch).")] = None,
+    log_every: Annotated[int, typer.Option(min=1, help="Write a metrics.jsonl line every N steps.")] = 10,
+    amp: Annotated[str, typer.Option(help="Mixed precision: auto (CUDA only) | off | bf16 | fp16.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed for initialisation, sampling and augmentation.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a model (supervised or contrastive); runs under torchrun for DDP."""
+    overrides: dict = {}
+    for item in set_ or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            _fail(f"--set expects key=value, got {item!r}")
+        try:
+            overrides[key.strip()] = json.loads(raw)
+        except ValueError:
+            overrides[key.strip()] = raw
+    from training.checkpoint import CheckpointError
+    from training.data.records import DatasetError
+    from training.trainer import TrainConfig, TrainError, Trainer
+
+    config = TrainConfig(
+        model=model, data=data, out=out, objective=objective, epochs=epochs, steps=steps, batch_size=batch_size,
+        workers=workers, overrides=overrides, recipe=recipe, lr=lr, weight_decay=weight_decay,
+        warmup_steps=warmup_steps, scale_lr=scale_lr, label_smoothing=label_smoothing, mixup_alpha=mixup,
+        grad_clip=grad_clip, init_from=init_from, resume=resume, eval_split=eval_split or None, missing=missing,
+        amp=amp, device=device, seed=seed, eval_every=eval_every, log_every=log_every, progress=progress,
+    )  # fmt: skip
+    try:
+        Trainer(config).fit()
+    except (TrainError, DatasetError, CheckpointError) as error:
+        _fail(str(error))
+    finally:
+        from training.distributed import cleanup
+
+        cleanup()
+
+
+@app.command()
+def triton(
+    repository: Annotated[Path, typer.Option("--repository", help="The model repository to serve (left untouched).")],
+    http_port: Annotated[int, typer.Option(min=0, max=65535, help="HTTP/REST port (0: any free port).")] = 8000,
+    grpc_port: Annotated[int, typer.Option(min=0, max=65535, help="gRPC port (0: any free port).")] = 8001,
+    metrics_port: Annotated[int, typer.Option(min=0, max=65535, help="Prometheus metrics port (0: any free port).")] = 8002,
+    address: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0 for every interface).")] = "127.0.0.1",
+    log_verbose: Annotated[int, typer.Option(min=0, help="Triton's --log-verbose level.")] = 0,
+    log_file: Annotated[Optional[Path], typer.Option(help="Keep the server log here (default: a temp file).")] = None,
+    startup_timeout: Annotated[float, typer.Option(min=1.0, help="Seconds to wait for readiness.")] = 120.0,
+) -> None:
+    """Run a real local Triton (CPU, Python backend) on a model repository until Ctrl-C."""
+    import signal
+
+    from avserve.repository import RepositoryError
+    from avserve.triton import LocalTriton, LocalTritonError, TritonNotInstalledError
+
+    server = LocalTriton(
+        repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, address=address,
+        log_verbose=log_verbose, log_file=log_file, startup_timeout=startup_timeout,
+    )  # fmt: skip
+
+    def _interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM (docker stop, systemd) stops as cleanly as Ctrl-C; SIGINT is set explicitly
+    # because a shell starts background jobs with it ignored.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    exit_code = 0
+    try:
+        server.start()
+        typer.echo(f"Triton ready in {server.startup_seconds:.1f} s, serving {', '.join(server.shadow.models)}")
+        typer.echo(f"  HTTP     {server.http_url}")
+        typer.echo(f"  gRPC     {server.grpc_url}")
+        typer.echo(f"  metrics  {server.metrics_url}")
+        for name, reason in server.shadow.skipped.items():
+            typer.echo(f"  skipped  {name}: {reason}")
+        typer.echo("Press Ctrl-C to stop.")
+        code = server.wait()
+        typer.secho(f"error: tritonserver exited with code {code}\n{server.log_tail()}", fg=typer.colors.RED, err=True)
+        exit_code = 1
+    except (RepositoryError, TritonNotInstalledError) as error:
+        exit_code = 2
+        typer.secho(f"error: {'; '.join(str(error).splitlines())}", fg=typer.colors.RED, err=True)
+    except LocalTritonError as error:
+        exit_code = 1
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+    except KeyboardInterrupt:
+        typer.echo("stopping Triton ...")
+    finally:
+        # A second Ctrl-C must not cut the shutdown short and orphan the server.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if exit_code:
+        raise typer.Exit(exit_code)
+    typer.echo("stopped")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option(help="A training run directory (run.json + best.pt).")],
+    data: Annotated[Path, typer.Option(help="Dataset: a manifest CSV or a directory.")],
+    split: Annotated[str, typer.Option(help="Which split to score.")] = "test",
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+) -> None:
+    """Score a trained run on a split: each head, the served (averaged) prediction, each kind of clip."""
+    from training.checkpoint import CheckpointError
+    from training.data.records import DatasetError
+    from training.evaluate import evaluate_run
+
+    try:
+        result = evaluate_run(checkpoint, data, split=split, batch_size=batch_size, workers=workers)
+    except (CheckpointError, DatasetError) as error:
+        _fail(str(error))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{checkpoint} on {split} ({result['num_clips']} clips, step {result['step']})")
+    for column in ("prediction", "clips", "top-1", "top-5", "mAP"):
+        table.add_column(column, justify="left" if column == "prediction" else "right")
+    rows = [(f"head {h}", m) for h, m in result["heads"].items()]
+    rows += [("served (mean of heads)", result["average"])] if "average" in result else []
+    rows += [(f"served, {group} clips", m) for group, m in result["by_modalities"].items()]
+    for name, m in rows:
+        table.add_row(name, str(m["num_clips"]), f"{m['top1']:.3f}", f"{m['top5']:.3f}", f"{m['mAP']:.3f}")
+    Console().print(table)
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Option(help="A training run directory (run.json + best.pt).")],
+    repository: Annotated[Path, typer.Option(help="The Triton model repository to write into.")] = Path("model_repository"),
+    name: Annotated[Optional[str], typer.Option(help="Family name: models are <name>_av, <name>_audio, <name>_video.")] = None,
+    runtime: Annotated[
+        str, typer.Option(help="onnxruntime (default), tensorrt (ORT backend's TensorRT accelerator, FP16) or tensorrt_plan.")
+    ] = "onnxruntime",
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Largest batch Triton may form.")] = 16,
+    instances: Annotated[int, typer.Option(min=1, help="Model instances per device.")] = 1,
+) -> None:
+    """Export a trained run as one Triton model per servable modality set (ONNX, parity-checked)."""
+    from training.export import ExportError, ExportOptions, export_run
+
+    try:
+        options = ExportOptions(family=name, runtime=runtime, max_batch_size=max_batch_size, instance_count=instances)
+        exported = export_run(checkpoint, repository, options)
+    except ExportError as error:
+        _fail(str(error))
+    for model in exported:
+        typer.echo(
+            f"{model.directory}  inputs={'+'.join(sorted(model.modalities))}  heads={','.join(model.heads)}  "
+            f"{model.file_bytes / 1e6:.1f} MB  max|torch-onnx|={model.max_abs_diff:.1e}"
+        )
+
+
 def main() -> None:  # pragma: no cover - console-script shim
     app()
 
