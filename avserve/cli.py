@@ -274,6 +274,115 @@ def export(
         )
 
 
+@app.command()
+def serve(
+    repository: Annotated[
+        Optional[Path], typer.Option(help="Model repository (embedded backend); default: AVSERVE_REPOSITORY or ./model_repository.")
+    ] = None,
+    backend: Annotated[Optional[str], typer.Option(help="embedded (onnxruntime in-process) or triton.")] = None,
+    triton_url: Annotated[Optional[str], typer.Option(help="Triton gRPC host:port (triton backend).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8080,
+    log_level: Annotated[Optional[str], typer.Option(help="debug | info | warning | error.")] = None,
+) -> None:
+    """Serve the HTTP gateway (POST /classify, /v1/models, /healthz, /readyz, /metrics, /docs).
+
+    Every other setting is an AVSERVE_* environment variable (avserve/gateway/settings.py).
+    """
+    import uvicorn
+    from pydantic import ValidationError
+
+    from avserve.gateway import GatewaySettings, create_app
+    from avserve.gateway.observability import configure_logging
+    from avserve.repository import RepositoryError
+
+    if backend is not None and backend not in ("embedded", "triton"):
+        _fail(f"--backend must be embedded or triton, not {backend!r}")
+    overrides = {"repository": repository, "backend": backend, "triton_url": triton_url, "log_level": log_level}
+    try:
+        settings = GatewaySettings(**{key: value for key, value in overrides.items() if value is not None})
+    except ValidationError as error:
+        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()))
+    if settings.backend == "embedded" and not settings.repository.is_dir():
+        _fail(f"model repository {settings.repository} is not a directory (use --repository)")
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        uvicorn.run(
+            create_app(settings), host=host, port=port, log_config=None, log_level=settings.log_level.lower(),
+            access_log=False, timeout_graceful_shutdown=10,
+        )  # fmt: skip
+    except RepositoryError as error:
+        _fail(str(error))
+
+
+@app.command()
+def classify(
+    file: Annotated[Path, typer.Argument(help="An audio or video clip.", exists=True, dir_okay=False, readable=True)],
+    url: Annotated[str, typer.Option(help="Gateway base URL.", envvar="AVSERVE_URL")] = "http://127.0.0.1:8080",
+    model: Annotated[Optional[str], typer.Option(help="Model family (default: the server's).")] = None,
+    modality: Annotated[str, typer.Option(help="auto | av | audio | video.")] = "auto",
+    top_k: Annotated[int, typer.Option(min=1, help="Labels to show.")] = 5,
+    start: Annotated[Optional[float], typer.Option(min=0.0, help="Window start (s).")] = None,
+    duration: Annotated[Optional[float], typer.Option(help="Window length (s); several model windows are averaged.")] = None,
+    api_key: Annotated[Optional[str], typer.Option(help="API key.", envvar="AVSERVE_API_KEY")] = None,
+    timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the answer.")] = 120.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the gateway's JSON response.")] = False,
+) -> None:
+    """Send a clip to a running gateway and show its labels."""
+    import httpx
+
+    if modality not in ("auto", "av", "audio", "video"):
+        _fail(f"--modality must be auto, av, audio or video, not {modality!r}")
+    params = {"modality": modality, "top_k": top_k, "model": model, "start": start, "duration": duration}
+    headers = {"X-API-Key": api_key} if api_key else {}
+    try:
+        with file.open("rb") as handle, httpx.Client(base_url=url, timeout=timeout) as client:
+            response = client.post(
+                "/classify",
+                params={key: value for key, value in params.items() if value is not None},
+                files={"file": (file.name, handle)},
+                headers=headers,
+            )
+    except httpx.HTTPError as error:
+        _fail(f"cannot reach the gateway at {url}: {error}", code=2)
+    try:
+        body = response.json()
+    except ValueError:
+        _fail(f"HTTP {response.status_code} from {url}: {response.text[:200]}", code=1)
+    if response.status_code != 200:
+        if as_json:
+            typer.echo(json.dumps(body, indent=2))
+            raise typer.Exit(1)
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        _fail(f"HTTP {response.status_code} [{error.get('code', '?')}] {error.get('message', response.text[:200])}", code=1)
+    if as_json:
+        typer.echo(json.dumps(body, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    used = "+".join(body["modalities"]["used"])
+    present = "+".join(body["modalities"]["present"])
+    title = f"{file.name}: {body['model']['name']} (v{body['model']['version']}, {body['model']['backend']}), {used} of {present}"
+    if body["modalities"]["degraded"]:
+        title += f", degraded: zero-filled {'+'.join(body['modalities']['zero_filled'])}"
+    table = Table(title=title)
+    table.add_column("#", justify="right")
+    table.add_column("label")
+    table.add_column("score", justify="right")
+    heads = body.get("heads") or {}
+    for head in heads:
+        table.add_column(f"{head} head")
+    for rank, prediction in enumerate(body["predictions"], start=1):
+        row = [str(rank), prediction["label"], f"{prediction['score']:.4f}"]
+        row += [f"{heads[h][rank - 1]['label']} {heads[h][rank - 1]['score']:.3f}" for h in heads if rank <= len(heads[h])]
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    timings = "  ".join(f"{stage} {ms:.1f}" for stage, ms in body["timings_ms"].items())
+    console.print(f"timings (ms): {timings}   request {body['request_id']}")
+
+
 def main() -> None:  # pragma: no cover - console-script shim
     app()
 

@@ -1,0 +1,498 @@
+"""In-process onnxruntime backend with per-model micro-batching.
+
+    backend = EmbeddedBackend("model_repository", EmbeddedSettings(max_batch_size=8, max_delay_ms=2))
+    await backend.start()                    # sessions created and warmed up in a worker thread
+    out = await backend.infer("zorro_tiny_av", {"audio": a[None], "video": v[None]}, deadline=t)
+
+How a request travels (one `_ModelWorker` per model):
+
+1. `infer` checks the request against the spec (names, dtypes, dims, batch size), then
+   appends it to the model's bounded queue; a full queue sheds it at once with
+   `BackendOverloaded` and a retry-after estimate (queued batches x recent batch time).
+2. The model's batcher task (`batches_in_flight` of them, default one) takes the oldest
+   request and waits until either `max_batch_size` rows are queued or `max_delay_ms` have
+   passed since that request arrived; requests queued while a batch was running have
+   already waited, so under load batches form without extra delay.
+3. Requests whose deadline passed (or whose caller gave up) are dropped before running.
+   The rest are concatenated along axis 0 and run in one `session.run` in a worker thread,
+   so the event loop never blocks; outputs are split back per request.
+4. If the batch fails, each of its requests is rerun alone, so only the faulty request
+   gets `InferenceFailed` and the others still get answers.
+
+A caller whose deadline passes while its request is queued or running gets
+`BackendTimeout` at the deadline, not when the batch finishes. `close()` fails queued and
+running requests with `BackendUnavailable`.
+
+Metrics: `stats()` returns a `ModelStats` snapshot per model (queue depth, in flight,
+outcome counts, batch-size counts); `on_batch` (constructor argument) is called on the
+event loop after every session run with a `BatchEvent` (size, run time, success).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from avserve.repository import ModelSpec, Repository, RepositoryError, load_repository, read_model_config
+
+from ._inputs import check_request
+from .base import (
+    BackendError,
+    BackendOverloaded,
+    BackendTimeout,
+    BackendUnavailable,
+    InferenceBackend,
+    InferenceFailed,
+)
+from .settings import EmbeddedSettings
+from .stats import BatchEvent, BatchListener, ModelStats, _Counters
+
+log = logging.getLogger(__name__)
+
+ONNX_BACKENDS = frozenset({"onnxruntime", "onnxruntime_onnx"})
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+# Floor of the retry-after hint: a client told "retry in 0 s" would hammer the gateway.
+MIN_RETRY_AFTER_SECONDS = 0.05
+
+
+class EmbeddedBackend(InferenceBackend):
+    name = "embedded"
+
+    def __init__(
+        self,
+        repository_dir: Path | str,
+        settings: EmbeddedSettings | None = None,
+        *,
+        on_batch: BatchListener | None = None,
+    ) -> None:
+        self.settings = settings or EmbeddedSettings()
+        self._on_batch = on_batch
+        # Parsing configs is cheap and surfaces repository errors at construction; sessions
+        # are created by start().
+        full = load_repository(Path(repository_dir))
+        served = [spec for spec in full.models.values() if _backend_of(spec) in ONNX_BACKENDS]
+        # name -> backend of the models onnxruntime cannot run (python, tensorrt, ensembles)
+        self.skipped = {
+            name: _backend_of(spec) for name, spec in full.models.items() if _backend_of(spec) not in ONNX_BACKENDS
+        }
+        for name, backend in self.skipped.items():
+            log.warning("embedded backend skips model %s: backend %r is not ONNX", name, backend)
+        if not served:
+            raise RepositoryError(f"{repository_dir}: no ONNX model for the embedded backend")
+        self._repository = Repository.from_specs(served, root=full.root)
+        self._workers: dict[str, _ModelWorker] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._start_lock = asyncio.Lock()
+        self._started = False
+        self._closed = False
+        self.providers: list[str] = []  # the execution providers the sessions use, after start()
+
+    # ---- InferenceBackend ------------------------------------------------------------------
+
+    @property
+    def repository(self) -> Repository:
+        return self._repository
+
+    async def start(self) -> None:
+        async with self._start_lock:
+            if self._closed:
+                raise BackendUnavailable("the embedded backend is closed")
+            if self._started:
+                return
+            self.providers = _providers(self.settings)
+            specs = list(self._repository.models.values())
+            self._executor = ThreadPoolExecutor(
+                max_workers=len(specs) * self.settings.batches_in_flight, thread_name_prefix="avserve-ort"
+            )
+            loop = asyncio.get_running_loop()
+            workers = []
+            # Session creation and warm-up take seconds: keep them off the event loop.
+            for spec in specs:
+                session, warm_seconds = await loop.run_in_executor(
+                    self._executor, _create_session, spec, self.settings, self.providers
+                )
+                workers.append(_ModelWorker(spec, session, self.settings, self._executor, warm_seconds, self._on_batch))
+            for worker in workers:
+                worker.start()
+                self._workers[worker.spec.name] = worker
+            self._started = True
+            log.info("embedded backend serving %s on %s", sorted(self._workers), self.providers)
+
+    async def close(self) -> None:
+        self._closed = True
+        workers, self._workers = list(self._workers.values()), {}
+        await asyncio.gather(*(worker.close() for worker in workers))
+        if self._executor is not None:
+            # A session run cannot be interrupted; its thread finishes and its result is dropped.
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    async def ready(self) -> bool:
+        return (
+            self._started
+            and not self._closed
+            and set(self._workers) == set(self._repository.models)
+            and all(worker.alive for worker in self._workers.values())
+        )
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        outputs: Sequence[str] | None = None,
+        deadline: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        worker = self._workers.get(model)
+        if worker is None:
+            if self._closed or not self._started:
+                raise BackendUnavailable("the embedded backend is not started" if not self._closed else "closed")
+            raise BackendUnavailable(f"model {model!r} is not served (have {sorted(self._workers)})")
+        return await worker.infer(inputs, outputs, deadline)
+
+    # ---- metrics ---------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, ModelStats]:
+        """Per-model counters (see `avserve.backends.stats.ModelStats`)."""
+        return {name: worker.stats() for name, worker in self._workers.items()}
+
+
+# ---- one model -------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Request:
+    inputs: Mapping[str, np.ndarray]
+    outputs: tuple[str, ...]
+    rows: int
+    deadline: float | None
+    enqueued: float
+    future: asyncio.Future[dict[str, np.ndarray]]
+    # Shapes past the batch axis: only requests that agree can be concatenated (differs
+    # only for models with variable dims).
+    signature: tuple[tuple[int, ...], ...]
+
+
+class _ModelWorker:
+    """The queue, batcher tasks and session of one model. Event-loop side only."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        session: ort.InferenceSession,
+        settings: EmbeddedSettings,
+        executor: ThreadPoolExecutor,
+        batch_seconds: float,
+        on_batch: BatchListener | None,
+    ) -> None:
+        self.spec = spec
+        self.session = session
+        self.settings = settings
+        self.executor = executor
+        self.on_batch = on_batch
+        self.input_names = tuple(tensor.name for tensor in spec.inputs)
+        self.output_names = tuple(tensor.name for tensor in spec.outputs)
+        # Models without a batch axis (max_batch_size 0) always run one request at a time.
+        self.batching = settings.micro_batching and spec.max_batch_size > 0
+        self.max_rows = min(settings.max_batch_size, spec.max_batch_size) if self.batching else 1
+        self.max_delay = settings.max_delay_ms / 1000 if self.batching else 0.0
+        self.counters = _Counters()
+        self.pending: deque[_Request] = deque()
+        self.pending_rows = 0
+        self.running: set[_Request] = set()
+        self.wakeup = asyncio.Event()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.batch_seconds = batch_seconds  # moving average, for the retry-after hint
+        self.closed = False
+
+    @property
+    def alive(self) -> bool:
+        return not self.closed and bool(self.tasks) and not any(task.done() for task in self.tasks)
+
+    def start(self) -> None:
+        self.tasks = [
+            asyncio.create_task(self._batcher(), name=f"avserve-batcher-{self.spec.name}-{i}")
+            for i in range(self.settings.batches_in_flight)
+        ]
+
+    def stats(self) -> ModelStats:
+        return self.counters.snapshot(queue_depth=len(self.pending))
+
+    # ---- the caller's side -----------------------------------------------------------------
+
+    async def infer(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None, deadline: float | None
+    ) -> dict[str, np.ndarray]:
+        try:
+            return await self._infer(inputs, outputs, deadline)
+        except BackendError as error:
+            self.counters.count(error)
+            raise
+
+    async def _infer(
+        self, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None, deadline: float | None
+    ) -> dict[str, np.ndarray]:
+        if self.closed:
+            raise BackendUnavailable("the embedded backend is closed")
+        rows, wanted = check_request(self.spec, inputs, outputs)
+        now = time.monotonic()
+        if deadline is not None and deadline <= now:
+            raise BackendTimeout(f"deadline passed before {self.spec.name!r} was queued")
+        if len(self.pending) >= self.settings.max_queue:
+            raise BackendOverloaded(
+                f"{self.spec.name!r}: {len(self.pending)} requests queued (max_queue {self.settings.max_queue})",
+                retry_after_seconds=self._retry_after(),
+            )
+        future: asyncio.Future[dict[str, np.ndarray]] = asyncio.get_running_loop().create_future()
+        signature = tuple(inputs[name].shape[1 if rows else 0 :] for name in self.input_names)
+        self.pending.append(_Request(dict(inputs), wanted, max(rows, 1), deadline, now, future, signature))
+        self.pending_rows += max(rows, 1)
+        self.counters.requests += 1
+        self.wakeup.set()
+        if deadline is None:
+            # A cancelled caller cancels `future` too; the batcher then skips the request.
+            result = await future
+        else:
+            try:
+                result = await asyncio.wait_for(future, deadline - now)
+            except TimeoutError:
+                raise BackendTimeout(f"{self.spec.name!r} did not answer before the deadline") from None
+        self.counters.completed += 1
+        return result
+
+    def _retry_after(self) -> float:
+        """How long until the queue has drained: queued batches times a recent batch's time."""
+        batches = self.pending_rows / self.max_rows + 1
+        estimate = batches * self.batch_seconds / self.settings.batches_in_flight
+        return round(max(MIN_RETRY_AFTER_SECONDS, estimate), 3)
+
+    # ---- the batcher's side ------------------------------------------------------------------
+
+    async def _batcher(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            try:
+                await self._run(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:  # noqa: BLE001 - a bug here must not hang the callers
+                log.exception("batcher of %s failed", self.spec.name)
+                self._fail(batch, InferenceFailed(f"{self.spec.name}: internal error: {error}"))
+
+    async def _next_batch(self) -> list[_Request]:
+        while True:
+            while not self.pending:
+                self.wakeup.clear()
+                await self.wakeup.wait()
+            if self.batching:
+                # Wait for a full batch, but never longer than max_delay after the oldest request
+                # arrived (requests that queued behind a running batch have waited already).
+                flush_at = self.pending[0].enqueued + self.max_delay
+                while self.pending_rows < self.max_rows and (remaining := flush_at - time.monotonic()) > 0:
+                    self.wakeup.clear()
+                    try:
+                        await asyncio.wait_for(self.wakeup.wait(), remaining)
+                    except TimeoutError:
+                        break
+            batch = self._take()
+            if batch:
+                return batch
+
+    def _take(self) -> list[_Request]:
+        batch: list[_Request] = []
+        rows = 0
+        now = time.monotonic()
+        while self.pending:
+            request = self.pending[0]
+            live = not request.future.done()  # done: the caller gave up (deadline, cancel)
+            if live and request.deadline is not None and request.deadline <= now:
+                request.future.set_exception(BackendTimeout(f"deadline passed while {self.spec.name!r} was queued"))
+                live = False
+            if live and batch and (rows + request.rows > self.max_rows or request.signature != batch[0].signature):
+                break
+            self.pending.popleft()
+            self.pending_rows -= request.rows
+            if live:
+                batch.append(request)
+                rows += request.rows
+                if not self.batching:
+                    break
+        return batch
+
+    async def _run(self, batch: list[_Request]) -> None:
+        self.running.update(batch)
+        self.counters.in_flight += len(batch)
+        loop = asyncio.get_running_loop()
+        try:
+            try:
+                results, seconds = await loop.run_in_executor(self.executor, self._execute, batch)
+            except Exception as error:  # noqa: BLE001 - onnxruntime raises its own types
+                self._observe(batch, 0.0, ok=False)
+                if len(batch) == 1:
+                    self._fail(batch, _failed(self.spec.name, error))
+                    return
+                # Rerun one by one so the error lands only on the request that caused it.
+                log.info("batch of %d failed on %s, retrying per request: %s", len(batch), self.spec.name, error)
+                for request in batch:
+                    if request.future.done():
+                        continue
+                    try:
+                        (result,), seconds = await loop.run_in_executor(self.executor, self._execute, [request])
+                    except Exception as single_error:  # noqa: BLE001
+                        self._observe([request], 0.0, ok=False)
+                        self._fail([request], _failed(self.spec.name, single_error))
+                    else:
+                        self._observe([request], seconds, ok=True)
+                        _resolve(request, result)
+                return
+            self._observe(batch, seconds, ok=True)
+            for request, result in zip(batch, results):
+                _resolve(request, result)
+        finally:
+            self.running.difference_update(batch)
+            self.counters.in_flight -= len(batch)
+
+    def _execute(self, batch: list[_Request]) -> tuple[list[dict[str, np.ndarray]], float]:
+        """Worker thread: concatenate, run once, split. Touches no event-loop state."""
+        began = time.perf_counter()
+        names = [name for name in self.output_names if any(name in request.outputs for request in batch)]
+        if len(batch) == 1:
+            feed = dict(batch[0].inputs)
+        else:
+            feed = {name: np.concatenate([request.inputs[name] for request in batch]) for name in self.input_names}
+        arrays = self.session.run(names, feed)
+        if len(batch) == 1:
+            per_request = [dict(zip(names, arrays))]
+        else:
+            offsets = np.cumsum([request.rows for request in batch])[:-1]
+            parts = [np.split(array, offsets) for array in arrays]
+            per_request = [{name: parts[j][i] for j, name in enumerate(names)} for i in range(len(batch))]
+        results = [
+            {name: outputs[name] for name in request.outputs} for request, outputs in zip(batch, per_request)
+        ]
+        return results, time.perf_counter() - began
+
+    def _observe(self, batch: list[_Request], seconds: float, *, ok: bool) -> None:
+        rows = sum(request.rows for request in batch)
+        self.counters.batches += 1
+        self.counters.batch_sizes[rows] += 1
+        if ok:
+            # Per-row time scaled to a full batch: the hint must not shrink when batches are small.
+            full = seconds * self.max_rows / max(rows, 1)
+            self.batch_seconds = 0.8 * self.batch_seconds + 0.2 * full
+        if self.on_batch is not None:
+            try:
+                self.on_batch(BatchEvent(self.spec.name, len(batch), rows, seconds, ok))
+            except Exception:  # noqa: BLE001 - metrics must never break serving
+                log.exception("on_batch listener failed")
+
+    def _fail(self, batch: list[_Request], error: BackendError) -> None:
+        for request in batch:
+            if not request.future.done():
+                request.future.set_exception(error)
+
+    async def close(self) -> None:
+        self.closed = True
+        # Snapshot first: a cancelled batcher takes its batch out of `running` as it unwinds.
+        stranded = list(self.pending) + list(self.running)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self._fail(stranded, BackendUnavailable(f"the embedded backend closed before {self.spec.name!r} answered"))
+        self.pending.clear()
+        self.pending_rows = 0
+        self.running.clear()
+
+
+# ---- sessions ----------------------------------------------------------------------------------
+
+
+def _backend_of(spec: ModelSpec) -> str:
+    return spec.backend or spec.platform
+
+
+def _providers(settings: EmbeddedSettings) -> list[str]:
+    available = ort.get_available_providers()
+    if settings.device == "cuda" and CUDA_PROVIDER not in available:
+        raise BackendUnavailable(
+            f"device 'cuda' asked for, but this onnxruntime has only {available} (install onnxruntime-gpu)"
+        )
+    if settings.device in ("cuda", "auto") and CUDA_PROVIDER in available:
+        return [CUDA_PROVIDER, CPU_PROVIDER]
+    return [CPU_PROVIDER]
+
+
+def _create_session(
+    spec: ModelSpec, settings: EmbeddedSettings, providers: list[str]
+) -> tuple[ort.InferenceSession, float]:
+    """Worker thread: open the latest version's ONNX file, check it, warm it up.
+
+    Returns the session and the time of one full-batch run (the retry-after estimate's seed).
+    """
+    assert spec.path is not None and spec.versions, "embedded specs come from disk"
+    config = read_model_config(spec.path / "config.pbtxt")
+    onnx_path = spec.path / str(max(spec.versions)) / (config.default_model_filename or "model.onnx")
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = _threads(settings.intra_op_threads, spec, "intra_op_thread_count")
+    options.inter_op_num_threads = _threads(settings.inter_op_threads, spec, "inter_op_thread_count")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.allow_spinning else "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "1" if settings.allow_spinning else "0")
+    provider_options = [{"device_id": str(settings.cuda_device_id)} if p == CUDA_PROVIDER else {} for p in providers]
+    try:
+        session = ort.InferenceSession(str(onnx_path), options, providers=providers, provider_options=provider_options)
+    except Exception as error:  # noqa: BLE001 - onnxruntime's load errors have their own types
+        raise RepositoryError(f"{onnx_path}: onnxruntime cannot load the model: {error}") from error
+
+    graph_inputs = {node.name for node in session.get_inputs()}
+    graph_outputs = {node.name for node in session.get_outputs()}
+    config_inputs = {tensor.name for tensor in spec.inputs}
+    if config_inputs != graph_inputs:
+        raise RepositoryError(f"{onnx_path}: config inputs {sorted(config_inputs)} != graph inputs {sorted(graph_inputs)}")
+    unknown = sorted({tensor.name for tensor in spec.outputs} - graph_outputs)
+    if unknown:
+        raise RepositoryError(f"{onnx_path}: config outputs {unknown} are not graph outputs")
+
+    full_batch = min(settings.max_batch_size, spec.max_batch_size) if settings.micro_batching else 1
+    seconds = 0.01  # a guess until measured
+    if settings.warmup:
+        # The first runs allocate memory arenas and pick kernels; do it before a client waits.
+        for rows in sorted({1, max(full_batch, 1)}):
+            began = time.perf_counter()
+            session.run(None, _zeros(spec, rows))
+            seconds = time.perf_counter() - began
+    return session, seconds
+
+
+def _threads(setting: int | None, spec: ModelSpec, parameter: str) -> int:
+    if setting is not None:
+        return setting
+    raw = spec.parameters.get(parameter, "").strip()
+    return int(raw) if raw.isdigit() else 0
+
+
+def _zeros(spec: ModelSpec, rows: int) -> dict[str, np.ndarray]:
+    batch = (rows,) if spec.max_batch_size > 0 else ()
+    return {
+        tensor.name: np.zeros(batch + tuple(d if d > 0 else 1 for d in tensor.dims), tensor.numpy_dtype)
+        for tensor in spec.inputs
+    }
+
+
+def _resolve(request: _Request, result: dict[str, np.ndarray]) -> None:
+    if not request.future.done():
+        request.future.set_result(result)
+
+
+def _failed(model: str, error: Exception) -> InferenceFailed:
+    return InferenceFailed(f"{model}: {type(error).__name__}: {error}")

@@ -1,0 +1,105 @@
+"""The FastAPI application: `create_app()` wires settings, backend, routers and middleware.
+
+    uvicorn --factory avserve.gateway.app:create_app      # settings from AVSERVE_* variables
+    app = create_app(GatewaySettings(repository=...))     # tests, `avserve serve`
+
+The backend is created and started in the lifespan, so importing the app costs nothing
+and every worker process gets its own sessions or gRPC channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager, suppress
+
+from fastapi import FastAPI
+
+from avserve.backends import BackendUnavailable, InferenceBackend, create_backend
+
+from .classifier import Classifier
+from .errors import install_error_handlers
+from .metrics import GatewayMetrics
+from .observability import RequestContextMiddleware
+from .routers import classify, health, metrics, models
+from .settings import GatewaySettings, get_settings
+
+log = logging.getLogger("avserve.gateway")
+# How often a gateway whose backend could not start (Triton down) tries again.
+START_RETRY_SECONDS = 1.0
+
+
+def resolve_settings(app: FastAPI) -> GatewaySettings:
+    """The settings routes see: an override (tests, `create_app(settings)`) or the environment."""
+    return app.dependency_overrides.get(get_settings, get_settings)()
+
+
+def build_backend(settings: GatewaySettings) -> InferenceBackend:
+    if settings.backend == "triton":
+        return create_backend("triton", url=settings.triton_url, settings=settings.triton_settings())
+    return create_backend("embedded", repository_dir=settings.repository, settings=settings.embedded_settings())
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = resolve_settings(app)
+    backend = build_backend(settings)
+    gateway_metrics = GatewayMetrics()
+    gateway_metrics.watch_backend(backend)
+    media_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="avserve-media")
+    app.state.backend = backend
+    app.state.metrics = gateway_metrics
+    app.state.in_flight = 0
+    app.state.classifier = Classifier(
+        backend, media_pool, gateway_metrics, settings.media_limits,
+        max_windows=settings.max_windows, retry_after_seconds=settings.retry_after_seconds,
+    )  # fmt: skip
+    retry: asyncio.Task[None] | None = None
+    if settings.backend == "triton":
+        # Triton may come up after the gateway (or restart under it): listen at once, answer
+        # 503 and not-ready until the server is there, and connect in the background.
+        retry = asyncio.create_task(_start_when_available(backend))
+    else:
+        await backend.start()  # local sessions: a broken repository should stop the start-up
+    log.info("gateway serving with the %s backend", backend.name)
+    try:
+        yield
+    finally:
+        if retry is not None:
+            retry.cancel()
+            with suppress(asyncio.CancelledError):
+                await retry
+        await backend.close()
+        media_pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def _start_when_available(backend: InferenceBackend) -> None:
+    while True:
+        try:
+            await backend.start()
+        except BackendUnavailable as error:
+            log.warning("backend %s not available yet: %s; retrying", backend.name, error)
+            await asyncio.sleep(START_RETRY_SECONDS)
+            continue
+        log.info("backend %s started", backend.name)
+        return
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    app = FastAPI(
+        title="avserve",
+        summary="Audio-visual classification: upload a clip, get labels.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    if settings is not None:
+        app.dependency_overrides[get_settings] = lambda: settings
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware)
+    app.include_router(classify.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    return app

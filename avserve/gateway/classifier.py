@@ -1,0 +1,311 @@
+"""One classify request after the upload: probe, route, decode, infer, post-process.
+
+PyAV work runs in a small dedicated thread pool (FFmpeg releases the GIL while decoding),
+so the event loop keeps accepting uploads and answering health checks while clips decode;
+the pool's size bounds how many decodes run at once, and further ones queue for a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from avserve.backends.base import BackendError, InferenceBackend
+from avserve.media import MediaError, MediaInfo, MediaLimits, decode_audio, decode_video, probe
+from avserve.repository import ModelSpec
+from avserve.repository.spec import HEAD_PREFIX
+
+from .errors import ApiError, backend_error, media_error
+from .metrics import GatewayMetrics
+from .routing import ModalityChoice, Route, choose_route
+from .schemas import (
+    AudioSummary,
+    ClassifyResponse,
+    MediaSummary,
+    Modalities,
+    Prediction,
+    ScoredWindow,
+    ServedModel,
+    Timings,
+    VideoSummary,
+)
+from .upload import Upload
+
+T = TypeVar("T")
+# A window shorter than this would round to no audio sample / no frame period at all.
+_MIN_WINDOW_SECONDS = 1e-3
+
+
+@dataclass(frozen=True)
+class ClassifyParams:
+    family: str
+    modality: ModalityChoice
+    top_k: int
+    start: float
+    duration: float | None
+
+
+@dataclass(frozen=True)
+class Window:
+    start: float
+    duration: float | None  # None: to the end of the clip (models without a fixed length)
+
+
+@dataclass
+class Outcome:
+    """What the request handler needs for the response, the metrics and the log line."""
+
+    response: ClassifyResponse
+    route: Route
+
+
+class Classifier:
+    def __init__(
+        self,
+        backend: InferenceBackend,
+        pool: ThreadPoolExecutor,
+        metrics: GatewayMetrics,
+        limits: MediaLimits,
+        *,
+        max_windows: int,
+        retry_after_seconds: int,
+    ) -> None:
+        self.backend = backend
+        self.pool = pool
+        self.metrics = metrics
+        self.limits = limits
+        self.max_windows = max_windows
+        self.retry_after_seconds = retry_after_seconds
+
+    async def classify(
+        self, upload: Upload, params: ClassifyParams, *, deadline: float, began: float, request_id: str,
+        on_route: Callable[[Route], None] | None = None,
+    ) -> Outcome:
+        """`deadline` is absolute `time.monotonic()`; `began` is the request's `perf_counter()` start."""
+        timings = {"upload": upload.seconds}
+
+        stage = time.perf_counter()
+        info = await self._media(probe, upload.path, self.limits)
+        timings["probe"] = time.perf_counter() - stage
+
+        present = frozenset(m for m, has in (("audio", info.has_audio), ("video", info.has_video)) if has)
+        route = choose_route(self.backend.repository, params.family, present, params.modality)
+        if on_route is not None:
+            on_route(route)
+        spec = route.spec
+        windows = plan_windows(spec, info.duration, params.start, params.duration, self.max_windows)
+        self.metrics.windows.observe(len(windows))
+
+        stage = time.perf_counter()
+        batches = await self._decode(upload, route, windows)
+        timings["decode"] = time.perf_counter() - stage
+
+        stage = time.perf_counter()
+        outputs = await _all(self._infer(spec, inputs, deadline) for inputs in batches)
+        timings["inference"] = time.perf_counter() - stage
+
+        answer = _mean_probabilities(outputs, spec.answer_output)
+        heads = {head: _mean_probabilities(outputs, HEAD_PREFIX + head) for head in spec.heads}
+        labels = _labels(spec)
+        top_k = min(params.top_k, len(labels))
+        timings["total"] = time.perf_counter() - began
+        response = ClassifyResponse(
+            request_id=request_id,
+            model=ServedModel(
+                name=spec.name,
+                version=str(spec.versions[-1]) if spec.versions else None,
+                family=spec.family,
+                backend=self.backend.name,
+            ),
+            modalities=Modalities(
+                present=sorted(present),
+                used=sorted(route.used),
+                zero_filled=sorted(route.zero_filled),
+                degraded=route.degraded,
+            ),
+            predictions=_top(answer, labels, top_k),
+            heads={head: _top(scores, labels, top_k) for head, scores in heads.items()} or None,
+            windows=[ScoredWindow(start=w.start, duration=_window_length(w, info)) for w in windows],
+            media=_summary(info),
+            timings_ms=Timings(**{name: round(seconds * 1000, 3) for name, seconds in timings.items()}),
+        )
+        return Outcome(response, route)
+
+    # ---- stages ----------------------------------------------------------------------------
+
+    async def _media(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a PyAV call in the media pool; its MediaError becomes the client's error."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.pool, functools.partial(function, *args, **kwargs))
+        except MediaError as error:
+            self.metrics.decode_errors.labels(error.code.value).inc()
+            raise media_error(error) from None
+
+    async def _decode(self, upload: Upload, route: Route, windows: list[Window]) -> list[dict[str, np.ndarray]]:
+        spec = route.spec
+        jobs: list[Awaitable[np.ndarray]] = []
+        for window in windows:
+            if "audio" in route.used:
+                jobs.append(self._decode_audio(upload, spec, window))
+            if "video" in route.used:
+                jobs.append(self._decode_video(upload, spec, window))
+        decoded = iter(await _all(jobs))
+        batches = []
+        for _ in windows:
+            inputs = {modality: next(decoded) for modality in sorted(route.used)}
+            for modality in route.zero_filled:
+                tensor = spec.input(modality)
+                inputs[modality] = np.zeros((1, *_fixed_dims(tensor.dims, spec)), dtype=tensor.numpy_dtype)
+            batches.append(inputs)
+        return batches
+
+    async def _decode_audio(self, upload: Upload, spec: ModelSpec, window: Window) -> np.ndarray:
+        assert spec.sample_rate is not None  # the repository requires it of audio models
+        audio = await self._media(
+            decode_audio, upload.path, sample_rate=spec.sample_rate, start=window.start,
+            duration=window.duration, limits=self.limits,
+        )  # fmt: skip
+        samples = audio.samples
+        wanted = spec.clip_samples
+        if wanted is not None and len(samples) != wanted:
+            # A window shorter than the model's clip (the last one, or a short `duration`):
+            # silence after it, as the model saw for clips shorter than clip_seconds in training.
+            samples = np.concatenate([samples, np.zeros(max(0, wanted - len(samples)), np.float32)])[:wanted]
+        return samples[np.newaxis].astype(np.float32, copy=False)
+
+    async def _decode_video(self, upload: Upload, spec: ModelSpec, window: Window) -> np.ndarray:
+        frames, height, width, _ = _fixed_dims(spec.input("video").dims, spec)
+        video = await self._media(
+            decode_video, upload.path, num_frames=frames, size=(height, width), start=window.start,
+            duration=window.duration, limits=self.limits,
+        )  # fmt: skip
+        return video.frames[np.newaxis]
+
+    async def _infer(self, spec: ModelSpec, inputs: dict[str, np.ndarray], deadline: float) -> dict[str, np.ndarray]:
+        try:
+            return await self.backend.infer(spec.name, inputs, deadline=deadline)
+        except BackendError as error:
+            raise backend_error(error, self.retry_after_seconds) from None
+
+
+# ---- helpers -------------------------------------------------------------------------------
+
+
+def model_clip_seconds(spec: ModelSpec) -> float | None:
+    if spec.clip_seconds is not None:
+        return spec.clip_seconds
+    if spec.clip_samples is not None and spec.sample_rate:
+        return spec.clip_samples / spec.sample_rate
+    return None
+
+
+def plan_windows(
+    spec: ModelSpec, media_duration: float | None, start: float, duration: float | None, max_windows: int
+) -> list[Window]:
+    """Cover `[start, start + duration)` with windows of the model's clip length.
+
+    Without `duration` one model-length window is scored. A span longer than the model's
+    clip is split into consecutive windows whose scores are averaged; the span is first cut
+    at the end of the clip, so asking for "60 s" of a 5 s file scores the 5 s there are.
+    """
+    if media_duration is not None and start >= media_duration:
+        raise ApiError(
+            422, "invalid_window", f"start {start} s is past the end of the clip ({media_duration:.3f} s)"
+        )
+    length = model_clip_seconds(spec)
+    if length is None:  # the model takes any length: score the requested span at once
+        return [Window(start, duration)]
+    span = length if duration is None else duration
+    if duration is not None and media_duration is not None:
+        span = min(span, media_duration - start)
+    count = max(1, math.ceil(span / length - 1e-9))
+    if count > max_windows:
+        raise ApiError(
+            422,
+            "invalid_window",
+            f"duration {duration} s needs {count} windows of {length} s, more than the limit of {max_windows}",
+        )
+    windows = []
+    for index in range(count):
+        offset = index * length
+        windows.append(Window(start + offset, max(_MIN_WINDOW_SECONDS, min(length, span - offset))))
+    return windows
+
+
+def _window_length(window: Window, info: MediaInfo) -> float:
+    if window.duration is not None:
+        return window.duration
+    return max(0.0, (info.duration or 0.0) - window.start)
+
+
+def _fixed_dims(dims: Iterable[int], spec: ModelSpec) -> tuple[int, ...]:
+    """Input dims with variable (-1) entries filled from the preprocessing parameters."""
+    dims = tuple(dims)
+    if len(dims) == 4:  # video [frames, height, width, 3]
+        frames = dims[0] if dims[0] > 0 else spec.num_frames
+        height = dims[1] if dims[1] > 0 else spec.image_size
+        width = dims[2] if dims[2] > 0 else spec.image_size
+        if frames is None or height is None or width is None:
+            raise ApiError(502, "model_misconfigured", f"model {spec.name!r} does not say its frame count or size")
+        return frames, height, width, 3
+    if dims and dims[0] < 0:
+        seconds = model_clip_seconds(spec)
+        if seconds is None or spec.sample_rate is None:
+            raise ApiError(502, "model_misconfigured", f"model {spec.name!r} does not say its clip length")
+        return (round(seconds * spec.sample_rate),)
+    return dims
+
+
+def _labels(spec: ModelSpec) -> tuple[str, ...]:
+    return spec.labels or tuple(f"class_{i}" for i in range(spec.num_classes))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def _mean_probabilities(outputs: list[dict[str, np.ndarray]], name: str) -> np.ndarray:
+    """Class probabilities of output `name`, averaged over the windows (batch row 0 of each)."""
+    rows = [_softmax(np.asarray(output[name], dtype=np.float64).reshape(-1, output[name].shape[-1])[0]) for output in outputs]
+    return np.mean(rows, axis=0)
+
+
+def _top(scores: np.ndarray, labels: tuple[str, ...], k: int) -> list[Prediction]:
+    order = np.argsort(-scores, kind="stable")[:k]
+    return [Prediction(label=labels[i], score=float(scores[i])) for i in order]
+
+
+def _summary(info: MediaInfo) -> MediaSummary:
+    audio = video = None
+    if info.audio is not None:
+        audio = AudioSummary(codec=info.audio.codec, sample_rate=info.audio.sample_rate, channels=info.audio.channels)
+    if info.video is not None:
+        video = VideoSummary(
+            codec=info.video.codec, width=info.video.display_width, height=info.video.display_height, fps=info.video.fps
+        )
+    return MediaSummary(
+        container=info.container, duration=info.duration, size_bytes=info.size_bytes, audio=audio, video=video
+    )
+
+
+async def _all(awaitables: Iterable[Awaitable[T]]) -> list[T]:
+    """Like gather, but the first failure cancels the rest (no orphaned tasks or warnings)."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

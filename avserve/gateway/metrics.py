@@ -1,0 +1,104 @@
+"""Prometheus metrics of one gateway app (its own registry, so several apps can share a process).
+
+Request counts, per-stage latency, in-flight requests, upload sizes and decode errors are
+recorded by the gateway as requests run. Batch sizes and queue depths are the backend's:
+a collector reads its `stats()` snapshot at scrape time, so the two never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+STAGES = ("upload", "probe", "decode", "inference", "total")
+# Seconds: from a warm tiny model (~1 ms) to a request close to the default 30 s deadline.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+UPLOAD_BUCKETS = tuple(float(2**p) for p in range(10, 31, 2))  # 1 KiB .. 1 GiB
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "avserve_requests",
+            "Classify requests by served model, modality route, HTTP status and error code.",
+            ["model", "route", "status", "code"],
+            registry=self.registry,
+        )
+        self.stage_seconds = Histogram(
+            "avserve_stage_seconds",
+            "Time spent per stage of a classify request (upload, probe, decode, inference, total).",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "avserve_requests_in_flight", "Classify requests being handled now.", registry=self.registry
+        )
+        self.upload_bytes = Histogram(
+            "avserve_upload_bytes", "Size of accepted uploads.", buckets=UPLOAD_BUCKETS, registry=self.registry
+        )
+        self.upload_bytes_total = Counter(
+            "avserve_upload_bytes_received", "Upload bytes spooled to disk.", registry=self.registry
+        )
+        self.decode_errors = Counter(
+            "avserve_decode_errors", "Uploads refused by probing or decoding, by media error code.", ["code"],
+            registry=self.registry,
+        )
+        self.windows = Histogram(
+            "avserve_windows_per_request", "Model-length windows scored per classify request.",
+            buckets=(1, 2, 4, 8, 16, 32), registry=self.registry,
+        )
+        for stage in STAGES:
+            self.stage_seconds.labels(stage)  # export every series from the start, at 0
+
+    def watch_backend(self, backend: Any) -> None:
+        """Export the backend's own counters (when it keeps any) at every scrape."""
+        stats = getattr(backend, "stats", None)
+        if callable(stats):
+            self.registry.register(_BackendCollector(stats, getattr(backend, "name", "unknown")))
+
+
+class _BackendCollector(Collector):
+    def __init__(self, stats: Callable[[], Any], backend: str) -> None:
+        self._stats = stats
+        self._backend = backend
+
+    def describe(self) -> list:
+        return []  # names depend on the snapshot; skip the registry's duplicate-name check
+
+    def collect(self) -> Iterator[Any]:
+        try:
+            snapshot = self._stats()
+        except Exception:  # a scrape must not fail because the backend is restarting
+            return
+        labels = ["backend", "model"]
+        queue = GaugeMetricFamily("avserve_backend_queue_depth", "Requests waiting in the backend.", labels=labels)
+        running = GaugeMetricFamily("avserve_backend_in_flight", "Requests in a running batch.", labels=labels)
+        counts = {
+            name: CounterMetricFamily(f"avserve_backend_{name}", f"Backend requests: {name}.", labels=labels)
+            for name in ("requests", "completed", "rejected", "expired", "failed", "unavailable", "batches")
+        }
+        batch_sizes = HistogramMetricFamily(
+            "avserve_backend_batch_size", "Rows per executed backend batch.", labels=labels
+        )
+        for model, stats in sorted(snapshot.items()):
+            values = [self._backend, model]
+            queue.add_metric(values, stats.queue_depth)
+            running.add_metric(values, stats.in_flight)
+            for name, family in counts.items():
+                family.add_metric(values, getattr(stats, name))
+            sizes = dict(stats.batch_sizes)
+            buckets = [(str(float(bound)), sum(n for size, n in sizes.items() if size <= bound)) for bound in BATCH_BUCKETS]
+            buckets.append(("+Inf", sum(sizes.values())))
+            rows = sum(size * n for size, n in sizes.items())
+            batch_sizes.add_metric(values, buckets, sum_value=rows)
+        yield queue
+        yield running
+        yield from counts.values()
+        yield batch_sizes

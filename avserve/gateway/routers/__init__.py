@@ -1,0 +1,1 @@
+"""One router per concern: classify, health, models, metrics."""

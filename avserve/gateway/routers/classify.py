@@ -1,0 +1,138 @@
+"""POST /classify: one clip in, labels out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from ..auth import require_api_key
+from ..classifier import Classifier, ClassifyParams
+from ..dependencies import get_backend, get_classifier, get_metrics
+from ..errors import ApiError, openapi_errors
+from ..metrics import GatewayMetrics
+from ..routing import ModalityChoice, Route, default_family
+from ..schemas import ClassifyResponse
+from ..settings import GatewaySettings, get_settings
+from ..upload import UPLOAD_FIELD, spooled_upload
+
+router = APIRouter(tags=["classify"])
+
+_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": [UPLOAD_FIELD],
+                "properties": {UPLOAD_FIELD: {"type": "string", "format": "binary", "description": "The clip."}},
+            }
+        },
+        "video/*": {"schema": {"type": "string", "format": "binary"}},
+        "audio/*": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+@router.post(
+    "/classify",
+    response_model=ClassifyResponse,
+    summary="Classify an audio/video clip",
+    description=(
+        "Send the clip as multipart field `file`, or as the raw body with an `audio/*` or `video/*` content type. "
+        "The served model is chosen from the streams that decode: audio+video, audio-only or video-only."
+    ),
+    responses=openapi_errors(401, 403, 404, 413, 415, 422, 429, 502, 503, 504),
+    dependencies=[Depends(require_api_key)],
+    openapi_extra={"requestBody": _REQUEST_BODY},
+)
+async def classify(
+    request: Request,
+    settings: Annotated[GatewaySettings, Depends(get_settings)],
+    classifier: Annotated[Classifier, Depends(get_classifier)],
+    metrics: Annotated[GatewayMetrics, Depends(get_metrics)],
+    model: Annotated[str | None, Query(description="Model family; default: the server's default.")] = None,
+    modality: Annotated[
+        ModalityChoice, Query(description="`auto` routes on the streams present; `av`/`audio`/`video` force a route.")
+    ] = "auto",
+    top_k: Annotated[int | None, Query(ge=1, le=1000, description="Labels to return (default from settings).")] = None,
+    start: Annotated[float, Query(ge=0, le=1e7, description="Window start, seconds into the clip.")] = 0.0,
+    duration: Annotated[
+        float | None,
+        Query(gt=0, le=1e7, description="Window length, seconds; longer than the model's clip = several windows, averaged."),
+    ] = None,
+    timeout: Annotated[
+        float | None, Query(gt=0, description="Deadline in seconds (at most the server's request timeout).")
+    ] = None,
+) -> ClassifyResponse:
+    began = time.perf_counter()
+    arrival = time.monotonic()
+    state = request.app.state
+    family = model or default_family(get_backend(request).repository, settings.default_model) or ""
+    labels = {"model": family or "unknown", "route": "none"}
+    log_fields = request.scope.setdefault("state", {}).setdefault("log_fields", {})
+
+    def record(status: int, code: str) -> None:
+        metrics.requests.labels(labels["model"], labels["route"], str(status), code).inc()
+        metrics.stage_seconds.labels("total").observe(time.perf_counter() - began)
+        log_fields.update(model=labels["model"], route=labels["route"], code=code)
+
+    families = get_backend(request).repository.families
+    if not families:
+        # The Triton backend learns its models from the server: none yet means it is away.
+        record(503, "backend_unavailable")
+        raise ApiError(
+            503, "backend_unavailable", "no model is available yet; the backend is starting or unreachable",
+            {"Retry-After": str(settings.retry_after_seconds)},
+        )  # fmt: skip
+    if family not in families:
+        record(404, "unknown_model")
+        raise ApiError(404, "unknown_model", f"no model family {family!r} (served: {', '.join(families) or 'none'})")
+    if state.in_flight >= settings.max_in_flight_requests:
+        record(429, "overloaded")
+        raise ApiError(
+            429, "overloaded", f"more than {settings.max_in_flight_requests} requests in progress; retry later",
+            {"Retry-After": str(settings.retry_after_seconds)},
+        )  # fmt: skip
+
+    def on_route(route: Route) -> None:
+        labels.update(model=route.spec.name, route=route.label)
+
+    seconds = min(timeout or settings.request_timeout_seconds, settings.request_timeout_seconds)
+    params = ClassifyParams(
+        family=family, modality=modality, top_k=top_k or settings.default_top_k, start=start, duration=duration
+    )
+    state.in_flight += 1
+    metrics.in_flight.inc()
+    try:
+        try:
+            async with asyncio.timeout(seconds):
+                async with spooled_upload(
+                    request, max_bytes=settings.max_upload_bytes, directory=settings.upload_dir
+                ) as upload:
+                    metrics.upload_bytes.observe(upload.size)
+                    metrics.upload_bytes_total.inc(upload.size)
+                    log_fields["upload_bytes"] = upload.size
+                    outcome = await classifier.classify(
+                        upload, params, deadline=arrival + seconds, began=began,
+                        request_id=request.state.request_id, on_route=on_route,
+                    )  # fmt: skip
+        except TimeoutError:
+            raise ApiError(504, "deadline_exceeded", f"the request took longer than its deadline of {seconds:g} s") from None
+    except ApiError as error:
+        record(error.status, error.code)
+        raise
+    finally:
+        state.in_flight -= 1
+        metrics.in_flight.dec()
+
+    response = outcome.response
+    for stage, milliseconds in response.timings_ms.model_dump().items():
+        if stage != "total":
+            metrics.stage_seconds.labels(stage).observe(milliseconds / 1000)
+    record(200, "ok")
+    log_fields["timings_ms"] = response.timings_ms.model_dump()
+    return response

@@ -1,0 +1,124 @@
+"""Typed response bodies; FastAPI documents them in the OpenAPI schema."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class Prediction(BaseModel):
+    label: str
+    score: float = Field(description="Softmax probability, averaged over the scored windows.")
+
+
+class ServedModel(BaseModel):
+    name: str = Field(description="The served model that answered, e.g. `zorro_tiny_audio`.")
+    version: str | None = Field(description="Its version in the repository.")
+    family: str
+    backend: str = Field(description="`embedded` or `triton`.")
+
+
+class Modalities(BaseModel):
+    present: list[str] = Field(description="Streams that decode in the upload.")
+    used: list[str] = Field(description="Modalities the route feeds from the upload.")
+    zero_filled: list[str] = Field(
+        default_factory=list, description="Inputs the model needs but the upload lacks, sent as zeros."
+    )
+    degraded: bool = Field(False, description="True when an input was zero-filled: the answer is less reliable.")
+
+
+class ScoredWindow(BaseModel):
+    start: float = Field(description="Clip time (s) the window starts at.")
+    duration: float
+
+
+class Timings(BaseModel):
+    upload: float
+    probe: float
+    decode: float
+    inference: float
+    total: float
+
+
+class AudioSummary(BaseModel):
+    codec: str
+    sample_rate: int
+    channels: int
+
+
+class VideoSummary(BaseModel):
+    codec: str
+    width: int
+    height: int
+    fps: float | None
+
+
+class MediaSummary(BaseModel):
+    container: str
+    duration: float | None
+    size_bytes: int
+    audio: AudioSummary | None
+    video: VideoSummary | None
+
+
+class ClassifyResponse(BaseModel):
+    request_id: str
+    model: ServedModel
+    modalities: Modalities
+    predictions: list[Prediction] = Field(description="Top-k labels of the model's answer output, best first.")
+    heads: dict[str, list[Prediction]] | None = Field(
+        None, description="Top-k per output head (Zorro: audio, video, fusion, global), when the model has heads."
+    )
+    windows: list[ScoredWindow]
+    media: MediaSummary
+    timings_ms: Timings
+
+
+class TensorInfo(BaseModel):
+    name: str
+    data_type: str
+    dims: list[int] = Field(description="Without the batch dimension; -1 is variable.")
+
+
+class ModelInfo(BaseModel):
+    name: str
+    family: str
+    architecture: str
+    versions: list[int]
+    modalities: list[str]
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    answer_output: str
+    heads: list[str]
+    num_labels: int
+    missing_modality: str
+    sample_rate: int | None
+    clip_seconds: float | None
+    num_frames: int | None
+    image_size: int | None
+    max_batch_size: int
+
+
+class ModelDetail(ModelInfo):
+    labels: list[str]
+
+
+class FamilyInfo(BaseModel):
+    name: str
+    routes: dict[str, str] = Field(description="Modality set (`audio+video`, `audio`, `video`) -> model name.")
+
+
+class ModelsResponse(BaseModel):
+    backend: str
+    default_family: str | None
+    families: list[FamilyInfo]
+    models: list[ModelInfo]
+
+
+class HealthResponse(BaseModel):
+    status: str
+
+
+class ReadyResponse(BaseModel):
+    status: str
+    backend: str
+    models: list[str]

@@ -1,0 +1,117 @@
+"""Gateway configuration: every knob is an `AVSERVE_<NAME>` environment variable.
+
+    AVSERVE_REPOSITORY=model_repository AVSERVE_BACKEND=triton avserve serve
+
+Routers receive the settings through the `get_settings` dependency, so a test (or
+`create_app(settings)`) replaces them with `app.dependency_overrides[get_settings]`.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from avserve.backends.settings import EmbeddedSettings, TritonSettings
+from avserve.media import MediaLimits
+
+MiB = 1024 * 1024
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AVSERVE_", extra="ignore", frozen=True)
+
+    # ---- what is served -------------------------------------------------------------------
+    repository: Path = Field(Path("model_repository"), description="Model repository directory (embedded backend).")
+    backend: Literal["embedded", "triton"] = "embedded"
+    triton_url: str = Field("127.0.0.1:8001", description="Triton gRPC address host:port (triton backend).")
+    default_model: str | None = Field(
+        None, description="Family used when a request names none; default: the only family, else the first by name."
+    )
+    default_top_k: int = Field(5, ge=1)
+
+    # ---- uploads --------------------------------------------------------------------------
+    max_upload_bytes: int = Field(64 * MiB, ge=1, description="Largest clip accepted (HTTP 413 beyond).")
+    upload_dir: Path | None = Field(None, description="Where uploads are spooled; default: the system temp dir.")
+
+    # ---- work per request -----------------------------------------------------------------
+    request_timeout_seconds: float = Field(30.0, gt=0, description="Deadline of one request, upload included (504).")
+    max_windows: int = Field(8, ge=1, description="Most model-length windows one request may average over.")
+    max_in_flight_requests: int = Field(
+        256, ge=1, description="Classify requests in progress before new ones are shed with 429."
+    )
+    retry_after_seconds: int = Field(1, ge=1, description="Retry-After sent with 429 and 503.")
+    decode_threads: int = Field(2, ge=1, description="Threads that probe and decode (PyAV releases the GIL).")
+    backend_ready_timeout_seconds: float = Field(2.0, gt=0, description="How long /readyz waits for the backend.")
+
+    # ---- backends (avserve.backends.EmbeddedSettings / TritonSettings) ---------------------
+    batch_max_size: int = Field(8, ge=1, description="Embedded: rows per micro-batch.")
+    batch_max_delay_ms: float = Field(2.0, ge=0, description="Embedded: longest wait for a micro-batch to fill.")
+    backend_max_queue: int = Field(64, ge=1, description="Embedded: queued requests per model before 429.")
+    intra_op_threads: int | None = Field(None, ge=0, description="Embedded: onnxruntime threads per session.")
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    triton_startup_timeout_seconds: float = Field(
+        30.0, gt=0, description="Triton: how long start-up waits for the server before serving not-ready."
+    )
+    triton_max_in_flight: int = Field(256, ge=1, description="Triton: requests awaiting the server per model before 429.")
+
+    # ---- media limits (avserve.media.MediaLimits) -----------------------------------------
+    max_streams: int = Field(16, ge=1)
+    max_frame_pixels: int = Field(4096 * 2304, ge=1)
+    max_duration_seconds: float = Field(6 * 3600.0, gt=0)
+    max_decode_seconds: float = Field(60.0, gt=0)
+
+    # ---- access -----------------------------------------------------------------------------
+    # Comma-separated (or a JSON list). Empty: no authentication.
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+
+    # ---- logs ---------------------------------------------------------------------------------
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_api_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return tuple(json.loads(text))
+            return tuple(key.strip() for key in text.split(",") if key.strip())
+        return value
+
+    def embedded_settings(self) -> EmbeddedSettings:
+        return EmbeddedSettings(
+            max_batch_size=self.batch_max_size,
+            max_delay_ms=self.batch_max_delay_ms,
+            max_queue=self.backend_max_queue,
+            intra_op_threads=self.intra_op_threads,
+            device=self.device,
+        )
+
+    def triton_settings(self) -> TritonSettings:
+        return TritonSettings(
+            startup_timeout=self.triton_startup_timeout_seconds,
+            request_timeout=self.request_timeout_seconds,
+            max_in_flight=self.triton_max_in_flight,
+        )
+
+    @property
+    def media_limits(self) -> MediaLimits:
+        return MediaLimits(
+            max_file_bytes=self.max_upload_bytes,
+            max_streams=self.max_streams,
+            max_frame_pixels=self.max_frame_pixels,
+            max_duration_seconds=self.max_duration_seconds,
+            max_decode_seconds=self.max_decode_seconds,
+        )
+
+
+@lru_cache
+def get_settings() -> GatewaySettings:
+    """The process's settings, read once from the environment."""
+    return GatewaySettings()

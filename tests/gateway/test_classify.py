@@ -1,0 +1,146 @@
+"""POST /classify on the embedded backend: routes and answers for real encoded clips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gateway_helpers import FAMILY, NUM_LABELS, assert_error, post_clip, scores
+
+HEADS = {"audio", "video", "fusion", "global"}
+
+
+def test_audio_video_clip_is_answered_by_the_av_model(embedded_gateway, clips):
+    with embedded_gateway.client() as client:
+        response = post_clip(client, clips.av, top_k=3)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == {"name": f"{FAMILY}_av", "version": "1", "family": FAMILY, "backend": "embedded"}
+    assert body["modalities"] == {"present": ["audio", "video"], "used": ["audio", "video"], "zero_filled": [], "degraded": False}
+    assert len(body["predictions"]) == 3
+    assert [p["score"] for p in body["predictions"]] == sorted((p["score"] for p in body["predictions"]), reverse=True)
+    assert set(body["heads"]) == HEADS and all(len(top) == 3 for top in body["heads"].values())
+    assert set(body["timings_ms"]) == {"upload", "probe", "decode", "inference", "total"}
+    assert body["timings_ms"]["total"] >= body["timings_ms"]["decode"] + body["timings_ms"]["inference"]
+    assert body["request_id"] == response.headers["x-request-id"]
+    assert body["windows"] == [{"start": 0.0, "duration": 2.0}]
+    assert body["media"]["audio"]["codec"] == "aac" and body["media"]["video"]["width"] == 64
+
+
+def test_audio_only_answer_equals_the_av_models_audio_head(embedded_gateway, clips):
+    """Zorro's modality purity, end to end: the audio-only graph on an audio-only file gives
+    exactly the audio head of the audio+video graph on the same audio with video present."""
+    with embedded_gateway.client() as client:
+        full = post_clip(client, clips.av, top_k=NUM_LABELS).json()
+        audio_only = post_clip(client, clips.audio, top_k=NUM_LABELS).json()
+    assert audio_only["model"]["name"] == f"{FAMILY}_audio"
+    assert audio_only["modalities"]["present"] == ["audio"] and audio_only["modalities"]["used"] == ["audio"]
+    assert set(audio_only["heads"]) == {"audio"}
+    expected = scores(full["heads"]["audio"])
+    got = scores(audio_only["predictions"])
+    assert got.keys() == expected.keys() and len(got) == NUM_LABELS
+    np.testing.assert_allclose([got[k] for k in expected], list(expected.values()), rtol=0, atol=1e-5)
+    # ... and it is not simply the fused answer of the full model.
+    assert scores(full["predictions"]) != pytest.approx(got, abs=1e-5)
+
+
+def test_video_only_answer_equals_the_av_models_video_head(embedded_gateway, clips):
+    with embedded_gateway.client() as client:
+        full = post_clip(client, clips.av, top_k=NUM_LABELS).json()
+        video_only = post_clip(client, clips.video, top_k=NUM_LABELS).json()
+    assert video_only["model"]["name"] == f"{FAMILY}_video"
+    assert video_only["modalities"]["present"] == ["video"]
+    expected = scores(full["heads"]["video"])
+    got = scores(video_only["predictions"])
+    np.testing.assert_allclose([got[k] for k in expected], list(expected.values()), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("modality", "model"), [("audio", "audio"), ("video", "video"), ("av", "av")])
+def test_modality_forces_the_route(embedded_gateway, clips, modality, model):
+    with embedded_gateway.client() as client:
+        forced = post_clip(client, clips.av, modality=modality, top_k=NUM_LABELS).json()
+        full = post_clip(client, clips.av, top_k=NUM_LABELS).json()
+    assert forced["model"]["name"] == f"{FAMILY}_{model}"
+    assert forced["modalities"]["present"] == ["audio", "video"]
+    assert forced["modalities"]["used"] == (["audio", "video"] if model == "av" else [model])
+    if model != "av":
+        assert scores(forced["predictions"]) == pytest.approx(scores(full["heads"][model]), abs=1e-5)
+
+
+def test_forcing_a_modality_the_upload_lacks_is_a_422(embedded_gateway, clips):
+    with embedded_gateway.client() as client:
+        assert_error(post_clip(client, clips.audio, modality="video"), 422, "modality_not_present")
+        assert_error(post_clip(client, clips.video, modality="av"), 422, "modality_not_present")
+
+
+def test_raw_body_upload_with_a_media_content_type(embedded_gateway, clips):
+    with embedded_gateway.client() as client:
+        raw = client.post("/classify", content=clips.av.read_bytes(), headers={"content-type": "video/mp4"})
+        multipart = post_clip(client, clips.av)
+    assert raw.status_code == 200, raw.text
+    assert raw.json()["predictions"] == multipart.json()["predictions"]
+
+
+def test_realistic_uploads_of_every_recipe_route_by_their_streams(embedded_gateway, synthetic_uploads):
+    """mp4/webm/mkv/avi with two tracks, wav/flac/mp3/m4a/ogg audio-only, mp4/webm video-only."""
+    expected_model = {"audio+video": "av", "audio": "audio", "video": "video"}
+    suffixes = set()
+    with embedded_gateway.client() as client:
+        for path, modalities in synthetic_uploads:
+            response = post_clip(client, path, top_k=1)
+            assert response.status_code == 200, (path.name, response.text)
+            body = response.json()
+            assert body["model"]["name"] == f"{FAMILY}_{expected_model[modalities]}", path.name
+            assert "+".join(body["modalities"]["present"]) == modalities.replace("audio+video", "audio+video")
+            suffixes.add(path.suffix)
+    assert suffixes >= {".mp4", ".webm", ".mkv", ".avi", ".wav", ".flac", ".mp3", ".m4a", ".ogg"}
+
+
+def test_long_clip_windows_are_scored_and_averaged(embedded_gateway, clips):
+    with embedded_gateway.client() as client:
+        whole = post_clip(client, clips.long_av, duration=6, top_k=NUM_LABELS).json()
+        parts = [post_clip(client, clips.long_av, start=s, duration=2, top_k=NUM_LABELS).json() for s in (0, 2, 4)]
+    assert whole["windows"] == [{"start": s, "duration": 2.0} for s in (0.0, 2.0, 4.0)]
+    for key in ("predictions", "heads"):
+        expected = [scores(p["predictions"] if key == "predictions" else p["heads"]["audio"]) for p in parts]
+        got = scores(whole["predictions"] if key == "predictions" else whole["heads"]["audio"])
+        mean = {label: np.mean([e[label] for e in expected]) for label in got}
+        assert got == pytest.approx(mean, abs=1e-6)
+    # Windows differ (the tone steps up every second), so averaging is not a no-op.
+    assert scores(parts[0]["predictions"]) != pytest.approx(scores(parts[2]["predictions"]), abs=1e-6)
+
+
+def test_span_past_the_end_is_cut_at_the_clip_and_windows_are_bounded(embedded_gateway, clips):
+    with embedded_gateway.client() as client:
+        body = post_clip(client, clips.long_av, start=3, duration=60).json()
+        assert body["windows"] == [{"start": 3.0, "duration": 2.0}, {"start": 5.0, "duration": pytest.approx(1.0, abs=0.05)}]
+        assert_error(post_clip(client, clips.long_av, start=7), 422, "invalid_window")
+        assert len(post_clip(client, clips.long_av, duration=5).json()["windows"]) == 3
+
+
+def test_missing_modality_zero_fill_answers_degraded(embedded_gateway, clips):
+    with embedded_gateway.client() as client:
+        response = post_clip(client, clips.audio, model="zorro_zero_fill")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"]["name"] == "zorro_zero_fill_av"
+    assert body["modalities"] == {"present": ["audio"], "used": ["audio"], "zero_filled": ["video"], "degraded": True}
+
+
+def test_missing_modality_reject_and_route_without_a_model_are_422(embedded_gateway, clips):
+    with embedded_gateway.client() as client:
+        assert_error(post_clip(client, clips.video, model="zorro_reject"), 422, "modality_not_served")
+        assert_error(post_clip(client, clips.audio, model="zorro_route"), 422, "no_route")
+        # The audio+video model of those families still answers audio+video clips.
+        assert post_clip(client, clips.av, model="zorro_reject").json()["model"]["name"] == "zorro_reject_av"
+
+
+def test_unknown_family_is_a_404(embedded_gateway, clips):
+    with embedded_gateway.client() as client:
+        assert_error(post_clip(client, clips.av, model="no_such_family"), 404, "unknown_model")
+
+
+def test_top_k_is_capped_at_the_number_of_labels(embedded_gateway, clips):
+    with embedded_gateway.client() as client:
+        body = post_clip(client, clips.av, top_k=1000).json()
+    assert len(body["predictions"]) == NUM_LABELS
+    assert sum(p["score"] for p in body["predictions"]) == pytest.approx(1.0, abs=1e-6)

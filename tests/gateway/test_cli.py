@@ -1,0 +1,101 @@
+"""`avserve serve` and `avserve classify` as a user runs them: real processes over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from gateway_helpers import FAMILY, free_port
+
+AVSERVE = str(Path(sys.executable).parent / "avserve")
+
+
+def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([AVSERVE, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def served(serving_repository, tmp_path_factory):
+    """`avserve serve` in its own process, on a free port."""
+    port = free_port()
+    upload_dir = tmp_path_factory.mktemp("cli_uploads")
+    env = {**os.environ, "AVSERVE_UPLOAD_DIR": str(upload_dir), "AVSERVE_DEFAULT_MODEL": FAMILY}
+    process = subprocess.Popen(
+        [AVSERVE, "serve", "--repository", str(serving_repository), "--port", str(port), "--backend", "embedded"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"avserve serve did not become ready:\n{process.stdout.read()}")
+        time.sleep(0.1)
+    yield url, process
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def test_classify_prints_a_table(served, clips):
+    url, _ = served
+    result = run_cli("classify", str(clips.av), "--url", url, "--top-k", "3")
+    assert result.returncode == 0, result.stderr
+    assert f"{FAMILY}_av" in result.stdout and "audio+video" in result.stdout
+    assert "audio head" in result.stdout and "timings (ms)" in result.stdout
+    ranks = [line for line in result.stdout.splitlines() if line.strip().startswith(("│ 1", "│ 2", "│ 3", "┃ 1"))]
+    assert len(ranks) == 3, result.stdout
+
+
+def test_classify_json_and_forced_modality(served, clips):
+    url, _ = served
+    result = run_cli("classify", str(clips.av), "--url", url, "--modality", "audio", "--json")
+    assert result.returncode == 0, result.stderr
+    body = json.loads(result.stdout)
+    assert body["model"]["name"] == f"{FAMILY}_audio" and body["modalities"]["used"] == ["audio"]
+
+
+def test_classify_reports_gateway_errors(served, tmp_path):
+    url, _ = served
+    text = tmp_path / "notes.mp4"
+    text.write_text("not a video at all " * 50)
+    result = run_cli("classify", str(text), "--url", url)
+    assert result.returncode == 1
+    assert "415" in result.stderr and "unsupported_media_type" in result.stderr
+
+
+def test_classify_without_a_gateway_fails_cleanly(clips):
+    result = run_cli("classify", str(clips.av), "--url", f"http://127.0.0.1:{free_port()}", "--timeout", "5")
+    assert result.returncode == 2 and "cannot reach the gateway" in result.stderr
+
+
+def test_serve_logs_json_lines_with_request_ids(served, clips):
+    url, process = served
+    response = httpx.post(f"{url}/classify", files={"file": clips.audio.read_bytes()}, headers={"X-Request-ID": "cli-log-1"})
+    assert response.status_code == 200
+    lines: list[str] = []
+    deadline = time.monotonic() + 10
+    os.set_blocking(process.stdout.fileno(), False)
+    while time.monotonic() < deadline and not any("cli-log-1" in line for line in lines):
+        chunk = process.stdout.readline()
+        if chunk:
+            lines.append(chunk)
+        else:
+            time.sleep(0.05)
+    entry = json.loads(next(line for line in lines if "cli-log-1" in line))
+    assert entry["request_id"] == "cli-log-1" and entry["status"] == 200 and entry["model"] == f"{FAMILY}_audio"
