@@ -383,6 +383,103 @@ def classify(
     console.print(f"timings (ms): {timings}   request {body['request_id']}")
 
 
+@app.command()
+def monitor(
+    gateway: Annotated[str, typer.Option(help="Gateway host:port to scrape (/metrics); 'none' to skip.")] = "127.0.0.1:8080",
+    triton: Annotated[str, typer.Option(help="Triton metrics host:port; 'none' to skip.")] = "127.0.0.1:8002",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Prometheus web/API port (0: any free port).")] = 9090,
+    address: Annotated[str, typer.Option(help="Address Prometheus listens on.")] = "127.0.0.1",
+    data_dir: Annotated[
+        Optional[Path], typer.Option(help="Keep the time series here (default: a temp dir removed on exit).")
+    ] = None,
+    config_dir: Annotated[
+        Optional[Path], typer.Option(help="Directory with prometheus.yml and rules/ (default: deploy/prometheus).")
+    ] = None,
+    scrape_interval: Annotated[Optional[str], typer.Option(help="Override the scrape interval, e.g. 5s.")] = None,
+    retention: Annotated[str, typer.Option(help="How long to keep data (Prometheus duration).")] = "15d",
+) -> None:
+    """Run a real Prometheus (Debian's package) against a running gateway and Triton, until Ctrl-C.
+
+    It uses docker compose's scrape config, recording rules and alerts (deploy/prometheus) with the
+    targets set to local addresses. Query it at http://ADDRESS:PORT; point Grafana at it and import
+    deploy/grafana/dashboards/*.json.
+    """
+    import signal
+    import tempfile
+
+    from avserve.monitoring import LocalPrometheus, MonitoringError, default_config_dir, render_prometheus_config
+    from avserve.monitoring import write_prometheus_config
+
+    def target(value: str) -> Optional[str]:
+        return None if value.strip().lower() in ("", "none") else value.strip()
+
+    if port == 0:
+        from avserve.triton.server import free_ports
+
+        port = free_ports(1, address)[0]
+    listen = f"{'127.0.0.1' if address in ('0.0.0.0', '') else address}:{port}"
+    try:
+        config = render_prometheus_config(
+            config_dir or default_config_dir(), gateway=target(gateway), triton=target(triton), prometheus=listen,
+            scrape_interval=scrape_interval,
+        )  # fmt: skip
+    except MonitoringError as error:
+        _fail(str(error))
+    with tempfile.TemporaryDirectory(prefix="avserve-monitor-") as workdir:
+        config_file = write_prometheus_config(config, Path(workdir) / "prometheus.yml")
+        server = LocalPrometheus(config_file, port=port, address=address, data_dir=data_dir, retention=retention)
+
+        def _interrupt(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
+
+        previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+        exit_code = 0
+        try:
+            server.start()
+            typer.echo(f"Prometheus ready at {server.url} (config {config_file})")
+            for job in config["scrape_configs"]:
+                for static in job.get("static_configs", []):
+                    typer.echo(f"  scraping {job['job_name']:16} {', '.join(static['targets'])}")
+            typer.echo(f"  rules    {', '.join(config['rule_files'])}")
+            typer.echo("Press Ctrl-C to stop.")
+            code = server.wait()
+            typer.secho(f"error: prometheus exited with code {code}\n{server.log_tail()}", fg=typer.colors.RED, err=True)
+            exit_code = 1
+        except MonitoringError as error:
+            exit_code = 1
+            typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        except KeyboardInterrupt:
+            typer.echo("stopping Prometheus ...")
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            server.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    if exit_code:
+        raise typer.Exit(exit_code)
+    typer.echo("stopped")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
+def bench(ctx: typer.Context) -> None:
+    """Benchmark the gateway against Triton direct, the Triton backend, micro-batching off and
+    FastAPI + PyTorch eager, in one run (loadtests/bench.py; `avserve bench --help` for options).
+
+    Needs a source checkout and the train extra (it exports the model with torch).
+    """
+    import sys
+    from pathlib import Path as _Path
+
+    root = _Path(__file__).resolve().parents[1]
+    if not (root / "loadtests" / "bench.py").is_file():
+        _fail(f"loadtests/bench.py not found under {root}: run from a source checkout")
+    sys.path.insert(0, str(root / "loadtests"))
+    from bench import main as bench_main  # loadtests/bench.py (imports torch lazily, never in avserve/)
+
+    bench_main(list(ctx.args) if "--help" not in sys.argv[2:] else ["--help"])
+
+
 def main() -> None:  # pragma: no cover - console-script shim
     app()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
@@ -30,10 +30,12 @@ class GatewayMetrics:
             ["model", "route", "status", "code"],
             registry=self.registry,
         )
+        # model/route: the served model and modality route ("none" and the family's name when a
+        # request was refused before routing), so latency can be read per model and per route.
         self.stage_seconds = Histogram(
             "avserve_stage_seconds",
             "Time spent per stage of a classify request (upload, probe, decode, inference, total).",
-            ["stage"],
+            ["stage", "model", "route"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -54,8 +56,10 @@ class GatewayMetrics:
             "avserve_windows_per_request", "Model-length windows scored per classify request.",
             buckets=(1, 2, 4, 8, 16, 32), registry=self.registry,
         )
-        for stage in STAGES:
-            self.stage_seconds.labels(stage)  # export every series from the start, at 0
+        # process_cpu_seconds_total, process_resident_memory_bytes, ... and python_info: the
+        # dashboards' CPU and memory panels (this registry is not the global default one).
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
 
     def watch_backend(self, backend: Any) -> None:
         """Export the backend's own counters (when it keeps any) at every scrape."""

@@ -94,13 +94,14 @@ def test_tiny_model_onnx_export_matches_torch(name, tmp_path, make_audio, make_v
             assert session.get_inputs()[graph.input_names.index("video")].type == "tensor(uint8)"
         for size in (1, 3):
             feeds = {n: batch[n][:size].numpy() for n in graph.input_names}
-            logits, head_logits = session.run(None, feeds)
+            outputs = session.run(None, feeds)
             with torch.no_grad():
-                ref_logits, ref_heads = graph(*(batch[n][:size] for n in graph.input_names))
-            assert logits.shape == (size, model.config.num_classes)
-            assert head_logits.shape == (size, len(graph.head_names), model.config.num_classes)
-            np.testing.assert_allclose(logits, ref_logits.numpy(), atol=1e-4, rtol=0)
-            np.testing.assert_allclose(head_logits, ref_heads.numpy(), atol=1e-4, rtol=0)
+                expected = graph(*(batch[n][:size] for n in graph.input_names))
+            assert [o.name for o in session.get_outputs()] == list(graph.output_names)
+            assert len(outputs) == 1 + len(graph.head_names)
+            for got, want in zip(outputs, expected, strict=True):
+                assert got.shape == (size, model.config.num_classes)
+                np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
 
 
 def test_dynamo_exporter_also_works(tmp_path, make_audio):
@@ -120,11 +121,11 @@ def test_dynamo_exporter_also_works(tmp_path, make_audio):
     assert not (tmp_path / "audio.onnx.data").exists()  # weights inline: one self-contained file
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for size in (1, 3):
-        logits, head_logits = session.run(None, {"audio": audio[:size].numpy()})
+        outputs = session.run(None, {"audio": audio[:size].numpy()})
         with torch.no_grad():
-            ref_logits, ref_heads = graph(audio[:size])
-        np.testing.assert_allclose(logits, ref_logits.numpy(), atol=1e-4, rtol=0)
-        np.testing.assert_allclose(head_logits, ref_heads.numpy(), atol=1e-4, rtol=0)
+            expected = graph(audio[:size])
+        for got, want in zip(outputs, expected, strict=True):
+            np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("name", PAPER)

@@ -77,7 +77,7 @@ async def classify(
 
     def record(status: int, code: str) -> None:
         metrics.requests.labels(labels["model"], labels["route"], str(status), code).inc()
-        metrics.stage_seconds.labels("total").observe(time.perf_counter() - began)
+        metrics.stage_seconds.labels("total", labels["model"], labels["route"]).observe(time.perf_counter() - began)
         log_fields.update(model=labels["model"], route=labels["route"], code=code)
 
     families = get_backend(request).repository.families
@@ -89,6 +89,7 @@ async def classify(
             {"Retry-After": str(settings.retry_after_seconds)},
         )  # fmt: skip
     if family not in families:
+        labels["model"] = "unknown"  # a label value from the client would be unbounded cardinality
         record(404, "unknown_model")
         raise ApiError(404, "unknown_model", f"no model family {family!r} (served: {', '.join(families) or 'none'})")
     if state.in_flight >= settings.max_in_flight_requests:
@@ -132,7 +133,7 @@ async def classify(
     response = outcome.response
     for stage, milliseconds in response.timings_ms.model_dump().items():
         if stage != "total":
-            metrics.stage_seconds.labels(stage).observe(milliseconds / 1000)
+            metrics.stage_seconds.labels(stage, labels["model"], labels["route"]).observe(milliseconds / 1000)
     record(200, "ok")
     log_fields["timings_ms"] = response.timings_ms.model_dump()
     return response
