@@ -28,6 +28,46 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _run_until_interrupted(server, *, name: str, announce, errors: dict) -> None:
+    """Start a child server, announce it, and wait until it exits or Ctrl-C / SIGTERM; always stop it.
+
+    `errors` maps exception types to exit codes: 2 (the user's input; printed on one line)
+    or 1 (the server failed; the message may carry its log tail).
+    """
+    import signal
+
+    def _interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM (docker stop, systemd) stops as cleanly as Ctrl-C; SIGINT is set explicitly
+    # because a shell starts background jobs with it ignored.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    exit_code = 0
+    try:
+        server.start()
+        announce()
+        typer.echo("Press Ctrl-C to stop.")
+        code = server.wait()
+        typer.secho(f"error: {name} exited with code {code}\n{server.log_tail()}", fg=typer.colors.RED, err=True)
+        exit_code = 1
+    except tuple(errors) as error:
+        exit_code = next(code for kind, code in errors.items() if isinstance(error, kind))
+        message = "; ".join(str(error).splitlines()) if exit_code == 2 else str(error)
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    except KeyboardInterrupt:
+        typer.echo(f"stopping {name} ...")
+    finally:
+        # A second Ctrl-C must not cut the shutdown short and orphan the server.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        server.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if exit_code:
+        raise typer.Exit(exit_code)
+    typer.echo("stopped")
+
+
 @app.command()
 def probe(
     path: Annotated[Path, typer.Argument(help="A media file.")],
@@ -164,8 +204,6 @@ def triton(
     startup_timeout: Annotated[float, typer.Option(min=1.0, help="Seconds to wait for readiness.")] = 120.0,
 ) -> None:
     """Run a real local Triton (CPU, Python backend) on a model repository until Ctrl-C."""
-    import signal
-
     from avserve.repository import RepositoryError
     from avserve.triton import LocalTriton, LocalTritonError, TritonNotInstalledError
 
@@ -174,43 +212,18 @@ def triton(
         log_verbose=log_verbose, log_file=log_file, startup_timeout=startup_timeout,
     )  # fmt: skip
 
-    def _interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    # SIGTERM (docker stop, systemd) stops as cleanly as Ctrl-C; SIGINT is set explicitly
-    # because a shell starts background jobs with it ignored.
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-    exit_code = 0
-    try:
-        server.start()
+    def announce() -> None:
         typer.echo(f"Triton ready in {server.startup_seconds:.1f} s, serving {', '.join(server.shadow.models)}")
         typer.echo(f"  HTTP     {server.http_url}")
         typer.echo(f"  gRPC     {server.grpc_url}")
         typer.echo(f"  metrics  {server.metrics_url}")
         for name, reason in server.shadow.skipped.items():
             typer.echo(f"  skipped  {name}: {reason}")
-        typer.echo("Press Ctrl-C to stop.")
-        code = server.wait()
-        typer.secho(f"error: tritonserver exited with code {code}\n{server.log_tail()}", fg=typer.colors.RED, err=True)
-        exit_code = 1
-    except (RepositoryError, TritonNotInstalledError) as error:
-        exit_code = 2
-        typer.secho(f"error: {'; '.join(str(error).splitlines())}", fg=typer.colors.RED, err=True)
-    except LocalTritonError as error:
-        exit_code = 1
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-    except KeyboardInterrupt:
-        typer.echo("stopping Triton ...")
-    finally:
-        # A second Ctrl-C must not cut the shutdown short and orphan the server.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if exit_code:
-        raise typer.Exit(exit_code)
-    typer.echo("stopped")
+
+    _run_until_interrupted(
+        server, name="Triton", announce=announce,
+        errors={RepositoryError: 2, TritonNotInstalledError: 2, LocalTritonError: 1},
+    )  # fmt: skip
 
 
 @app.command()
@@ -404,7 +417,6 @@ def monitor(
     targets set to local addresses. Query it at http://ADDRESS:PORT; point Grafana at it and import
     deploy/grafana/dashboards/*.json.
     """
-    import signal
     import tempfile
 
     from avserve.monitoring import LocalPrometheus, MonitoringError, default_config_dir, render_prometheus_config
@@ -414,7 +426,7 @@ def monitor(
         return None if value.strip().lower() in ("", "none") else value.strip()
 
     if port == 0:
-        from avserve.triton.server import free_ports
+        from avserve.processes import free_ports
 
         port = free_ports(1, address)[0]
     listen = f"{'127.0.0.1' if address in ('0.0.0.0', '') else address}:{port}"
@@ -429,36 +441,14 @@ def monitor(
         config_file = write_prometheus_config(config, Path(workdir) / "prometheus.yml")
         server = LocalPrometheus(config_file, port=port, address=address, data_dir=data_dir, retention=retention)
 
-        def _interrupt(signum: int, frame: object) -> None:
-            raise KeyboardInterrupt
-
-        previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
-        exit_code = 0
-        try:
-            server.start()
+        def announce() -> None:
             typer.echo(f"Prometheus ready at {server.url} (config {config_file})")
             for job in config["scrape_configs"]:
                 for static in job.get("static_configs", []):
                     typer.echo(f"  scraping {job['job_name']:16} {', '.join(static['targets'])}")
             typer.echo(f"  rules    {', '.join(config['rule_files'])}")
-            typer.echo("Press Ctrl-C to stop.")
-            code = server.wait()
-            typer.secho(f"error: prometheus exited with code {code}\n{server.log_tail()}", fg=typer.colors.RED, err=True)
-            exit_code = 1
-        except MonitoringError as error:
-            exit_code = 1
-            typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        except KeyboardInterrupt:
-            typer.echo("stopping Prometheus ...")
-        finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
-            server.stop()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-    if exit_code:
-        raise typer.Exit(exit_code)
-    typer.echo("stopped")
+
+        _run_until_interrupted(server, name="Prometheus", announce=announce, errors={MonitoringError: 1})
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})

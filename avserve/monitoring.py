@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from avserve.triton.server import _die_with_parent, free_ports
+from avserve.processes import die_with_parent, free_ports, stop_process_group
 
 GATEWAY_JOB = "avserve-gateway"
 TRITON_JOB = "triton"
@@ -164,7 +164,7 @@ class LocalPrometheus:
             with open(self.log_path, "ab") as log:
                 self._process = subprocess.Popen(
                     self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    cwd=self._workdir, start_new_session=True, preexec_fn=_die_with_parent,
+                    cwd=self._workdir, start_new_session=True, preexec_fn=die_with_parent,
                 )  # fmt: skip
             self._wait_until_ready()
         except BaseException:
@@ -191,16 +191,8 @@ class LocalPrometheus:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(process.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-                process.wait()
+        if process is not None:
+            stop_process_group(process, graceful=signal.SIGTERM, timeout=self.stop_timeout)
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None

@@ -11,12 +11,10 @@ process group if that takes too long, and removes the temp dir. Port 0 picks a f
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -28,6 +26,7 @@ import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
+from avserve.processes import die_with_parent, free_ports, stop_process_group
 from avserve.repository import Repository, load_repository
 
 from .install import LocalTritonError, TritonInstall, find_triton
@@ -37,7 +36,6 @@ LOG_TAIL_LINES = 40
 # Python-backend shared memory per model instance: the 1 MiB default grows in 1 MiB steps,
 # and a batch of video clips is several MiB, so start (and grow) bigger.
 SHM_BYTES = 16 * 1024 * 1024
-PR_SET_PDEATHSIG = 1
 
 
 class LocalTriton:
@@ -122,15 +120,7 @@ class LocalTriton:
         """Stop gracefully (SIGINT), then kill the process group; always remove the temp dir."""
         process, self._process = self._process, None
         if process is not None:
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-                try:
-                    process.wait(self.stop_timeout)
-                except subprocess.TimeoutExpired:
-                    _kill_group(process.pid)
-                    process.wait()
-            # Python stubs share the server's process group: none may outlive it.
-            _kill_group(process.pid)
+            stop_process_group(process, graceful=signal.SIGINT, timeout=self.stop_timeout)
         if self._shm_prefix:
             for leftover in Path("/dev/shm").glob(f"{self._shm_prefix}*"):
                 leftover.unlink(missing_ok=True)
@@ -216,7 +206,7 @@ class LocalTriton:
                 # Own process group: a terminal's Ctrl-C reaches us, not Triton, so shutdown
                 # stays ordered; and stop() can kill Triton and its stubs together.
                 start_new_session=True,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
 
     def _wait_until_ready(self) -> None:
@@ -284,21 +274,6 @@ def _server_environment(install: TritonInstall) -> dict[str, str]:
     return env
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: if our process dies without stop(), Triton gets SIGTERM."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: stop() still cleans up normally
-        pass
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def _http_status(url: str) -> int | None:
     """The HTTP status of GET `url`, or None while nothing listens yet."""
     try:
@@ -308,20 +283,6 @@ def _http_status(url: str) -> int | None:
         return error.code
     except (OSError, ValueError):
         return None
-
-
-def free_ports(count: int, address: str = "127.0.0.1") -> list[int]:
-    """`count` distinct ports free right now (held open together so they differ)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((address if address not in ("0.0.0.0", "") else "127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _resolve_ports(requested: tuple[int, int, int], address: str) -> tuple[int, int, int]:
