@@ -32,4 +32,14 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
   .venv/bin/python -m pip install -q -c requirements/constraints.txt -e ".[$EXTRAS]"
   echo "$want" > "$stamp"
 fi
-echo "setup: ready (.venv, extras: $EXTRAS)"
+# 3. .venv-loadtest: locust (loadtests/locustfile.py) needs geventhttpclient>=2.3, which tritonclient[http]
+#    in .venv caps at 2.0.2, so it gets its own environment, pinned by requirements/loadtest.txt.
+[[ -x .venv-loadtest/bin/python ]] || "$PYTHON" -m venv .venv-loadtest
+stamp=.venv-loadtest/.avserve-installed
+want="$(sha256sum < requirements/loadtest.txt | cut -c1-16)"
+if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+  echo "setup: installing locust into .venv-loadtest (pinned by requirements/loadtest.txt)"
+  .venv-loadtest/bin/python -m pip install -q -r requirements/loadtest.txt
+  echo "$want" > "$stamp"
+fi
+echo "setup: ready (.venv, extras: $EXTRAS; .venv-loadtest)"

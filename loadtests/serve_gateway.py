@@ -1,0 +1,55 @@
+"""Start the avserve gateway for a benchmark, with knobs `avserve serve` does not expose.
+
+    .venv/bin/python loadtests/serve_gateway.py --repository REPO --port 8080 [--no-micro-batching]
+    .venv/bin/python loadtests/serve_gateway.py --backend triton --triton-url 127.0.0.1:8001 --port 8080
+
+`--no-micro-batching` sets `EmbeddedSettings.micro_batching=False` (every request runs alone
+in onnxruntime): the "off" side of the micro-batching comparison. Everything else is the
+gateway exactly as `avserve serve` builds it. Only 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repository", type=Path, default=Path("model_repository"))
+    parser.add_argument("--backend", choices=("embedded", "triton"), default="embedded")
+    parser.add_argument("--triton-url", default="127.0.0.1:8001")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--no-micro-batching", action="store_true")
+    parser.add_argument("--batch-max-size", type=int, default=8)
+    parser.add_argument("--batch-max-delay-ms", type=float, default=2.0)
+    args = parser.parse_args(argv)
+
+    import uvicorn
+
+    from avserve.gateway import GatewaySettings, create_app
+    from avserve.gateway.observability import configure_logging
+
+    settings = GatewaySettings(
+        repository=args.repository, backend=args.backend, triton_url=args.triton_url, log_level="WARNING",
+        batch_max_size=args.batch_max_size, batch_max_delay_ms=args.batch_max_delay_ms, backend_max_queue=512,
+        max_in_flight_requests=512,
+    )  # fmt: skip
+    if args.no_micro_batching:
+        original = GatewaySettings.embedded_settings
+
+        def embedded_settings(self):  # the gateway has no env knob for this benchmark-only switch
+            return dataclasses.replace(original(self), micro_batching=False)
+
+        GatewaySettings.embedded_settings = embedded_settings
+    configure_logging("WARNING", "text")
+    uvicorn.run(create_app(settings), host="127.0.0.1", port=args.port, log_config=None, log_level="warning",
+                access_log=False)
+
+
+if __name__ == "__main__":
+    main()
