@@ -153,6 +153,10 @@ def train(
     missing: Annotated[
         Optional[str], typer.Option(help="Clips lacking a modality: zero (zero-fill, loss only on existing heads) | skip.")
     ] = None,
+    modality_dropout: Annotated[
+        float,
+        typer.Option(help="Fraction of audio+video clips made audio- or video-only per batch (trains MBT's unimodal routes)."),
+    ] = 0.0,
     eval_split: Annotated[str, typer.Option(help="Split to evaluate on ('' for none; falls back to 'test').")] = "val",
     eval_every: Annotated[Optional[int], typer.Option(min=1, help="Evaluate every N steps (default once per epoch).")] = None,
     log_every: Annotated[int, typer.Option(min=1, help="Write a metrics.jsonl line every N steps.")] = 10,
@@ -180,6 +184,7 @@ def train(
         workers=workers, overrides=overrides, recipe=recipe, lr=lr, weight_decay=weight_decay,
         warmup_steps=warmup_steps, scale_lr=scale_lr, label_smoothing=label_smoothing, mixup_alpha=mixup,
         grad_clip=grad_clip, init_from=init_from, resume=resume, eval_split=eval_split or None, missing=missing,
+        modality_dropout=modality_dropout,
         amp=amp, device=device, seed=seed, eval_every=eval_every, log_every=log_every, progress=progress,
     )  # fmt: skip
     try:
@@ -233,6 +238,10 @@ def evaluate(
     split: Annotated[str, typer.Option(help="Which split to score.")] = "test",
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 0,
+    route: Annotated[
+        Optional[str],
+        typer.Option(help="Score one serving route on every clip that has its inputs: av | audio | video (others removed)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
 ) -> None:
     """Score a trained run on a split: each head, the served (averaged) prediction, each kind of clip."""
@@ -241,8 +250,8 @@ def evaluate(
     from training.evaluate import evaluate_run
 
     try:
-        result = evaluate_run(checkpoint, data, split=split, batch_size=batch_size, workers=workers)
-    except (CheckpointError, DatasetError) as error:
+        result = evaluate_run(checkpoint, data, split=split, batch_size=batch_size, workers=workers, route=route)
+    except (CheckpointError, DatasetError, ValueError) as error:
         _fail(str(error))
     if as_json:
         typer.echo(json.dumps(result, indent=2))
@@ -250,7 +259,8 @@ def evaluate(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{checkpoint} on {split} ({result['num_clips']} clips, step {result['step']})")
+    route_note = f", route {route}" if route else ""
+    table = Table(title=f"{checkpoint} on {split}{route_note} ({result['num_clips']} clips, step {result['step']})")
     for column in ("prediction", "clips", "top-1", "top-5", "mAP"):
         table.add_column(column, justify="left" if column == "prediction" else "right")
     rows = [(f"head {h}", m) for h, m in result["heads"].items()]

@@ -6,6 +6,8 @@
   One set of parameters per clip, shared by all of its frames. Used by the dataset.
 * Mixup (Zorro A3.3): one lambda ~ Beta(alpha, alpha) per batch, shared by both modalities and by
   every head's target. Applied in the trainer on float audio and float video (0..255).
+  Modality mixup (MBT Sec. 4.2): one lambda per modality; the target is mixed with their mean
+  (the paper does not say how the label is mixed; the mean is our choice).
 
 SpecAugment and frequency jitter act on the spectrogram, which is computed inside the model, so
 they are switched on through the model config (active in train mode only), not here.
@@ -30,6 +32,9 @@ class VideoAugmentConfig:
     saturation: tuple[float, float] = (0.6, 1.4)
     contrast: tuple[float, float] = (0.6, 1.4)
     hue: float = 0.2
+    # MBT (after ViViT) flips; Zorro App. B does not. 0 draws no random number, so enabling it
+    # for one model leaves every other model's augmentation stream unchanged.
+    hflip_prob: float = 0.0
 
 
 def random_resized_crop_box(
@@ -155,6 +160,8 @@ def augment_video(
     x = torch.as_tensor(np.asarray(frames)).float()
     box = random_resized_crop_box(x.shape[1], x.shape[2], rng, cfg.crop_area, cfg.crop_aspect)
     x = crop_and_resize(x, box, size) / 255.0
+    if cfg.hflip_prob > 0 and rng.uniform() < cfg.hflip_prob:
+        x = x.flip(2)  # [T, H, W, 3]: mirror the width axis
     x = color_jitter(x, rng, cfg)
     return (x * 255.0).round().clamp(0, 255).to(torch.uint8)
 
@@ -178,7 +185,7 @@ class MixupResult:
     audio: torch.Tensor | None
     video: torch.Tensor | None
     target: torch.Tensor  # soft targets [B, C]
-    lam: float
+    lam: float  # the target's lambda (= the mean of lam_audio and lam_video under modality mixup)
     perm: torch.Tensor
     has_audio: torch.Tensor | None = None
     has_video: torch.Tensor | None = None
@@ -201,9 +208,12 @@ def mixup(
     lam: float | None = None,
     has_audio: torch.Tensor | None = None,
     has_video: torch.Tensor | None = None,
+    per_modality: bool = False,
 ) -> MixupResult:
     """Mixes each example with another of the batch (a random permutation) using ONE lambda for
-    audio, video and the target (Zorro: "a single mixup value from Beta(0.3, 0.3)").
+    audio, video and the target (Zorro: "a single mixup value from Beta(0.3, 0.3)"), or, with
+    `per_modality` (MBT's modality mixup), one lambda for audio, another for video, and their
+    mean for the target.
 
     `target` is soft [B, C] (one-hot / multi-hot / smoothed). Video may be uint8; it is returned as
     float 0..255. Presence flags of a mixed example are the AND of both sources (a zero-filled
@@ -213,14 +223,68 @@ def mixup(
     batch = target.shape[0]
     if lam is None:
         lam = sample_mixup_lambda(alpha, rng)
+    lam_audio = lam_video = lam
+    if per_modality:
+        lam_video = sample_mixup_lambda(alpha, rng)
+        lam = 0.5 * (lam_audio + lam_video)
     perm = torch.as_tensor(rng.permutation(batch), device=target.device)
 
-    def mix(x):
+    def mix(x, weight):
         if x is None:
             return None
         x = x.float()
-        return lam * x + (1.0 - lam) * x[perm]
+        return weight * x + (1.0 - weight) * x[perm]
 
     out_a = has_audio & has_audio[perm] if has_audio is not None else None
     out_v = has_video & has_video[perm] if has_video is not None else None
-    return MixupResult(mix(audio), mix(video), mix(target), float(lam), perm, out_a, out_v)
+    return MixupResult(mix(audio, lam_audio), mix(video, lam_video), mix(target, lam), float(lam), perm, out_a, out_v)
+
+
+# --------------------------------------------------------------------------------------------
+# modality dropout
+
+
+@dataclass
+class ModalityDropout:
+    audio: torch.Tensor | None
+    video: torch.Tensor | None
+    has_audio: torch.Tensor
+    has_video: torch.Tensor
+    dropped: int  # clips that lost a modality
+
+
+def drop_modalities(
+    audio: torch.Tensor | None,
+    video: torch.Tensor | None,
+    has_audio: torch.Tensor,
+    has_video: torch.Tensor,
+    p: float,
+    rng: np.random.Generator,
+) -> ModalityDropout:
+    """With probability p, an audio+video clip loses its audio or its video (even odds): the
+    input becomes zeros and its presence flag False, as for a clip that never had it.
+
+    Not in the papers. It teaches a model without modality-pure outputs (MBT) to answer from one
+    modality, so its unimodal graphs serve a function it was trained for (training/models/mbt.py).
+    p = 0 draws no random numbers, so it leaves other runs' random streams unchanged.
+    """
+    if p <= 0:
+        return ModalityDropout(audio, video, has_audio, has_video, 0)
+    batch = has_audio.shape[0]
+    drop = torch.from_numpy(rng.random(batch) < p) & has_audio.cpu() & has_video.cpu()
+    drop_audio_side = torch.from_numpy(rng.random(batch) < 0.5)
+    lose_audio, lose_video = drop & drop_audio_side, drop & ~drop_audio_side
+
+    def zero(x: torch.Tensor | None, lose: torch.Tensor) -> torch.Tensor | None:
+        if x is None or not lose.any():
+            return x
+        keep = ~lose.to(x.device).reshape(-1, *([1] * (x.dim() - 1)))
+        return x * keep.to(x.dtype)
+
+    return ModalityDropout(
+        zero(audio, lose_audio),
+        zero(video, lose_video),
+        has_audio & ~lose_audio.to(has_audio.device),
+        has_video & ~lose_video.to(has_video.device),
+        int(drop.sum()),
+    )

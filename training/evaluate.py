@@ -97,8 +97,11 @@ def collect_outputs(model: torch.nn.Module, loader, device: torch.device, autoca
     for batch in loader:
         audio = batch["audio"].to(device) if "audio" in batch else None
         video = batch["video"].to(device) if "video" in batch else None
+        present = None
+        if audio is not None and video is not None:  # a mixed batch: tell the model which clip has what
+            present = {"audio": batch["has_audio"].to(device), "video": batch["has_video"].to(device)}
         with autocast() if autocast else contextlib.nullcontext():
-            out = model(audio=audio, video=video)
+            out = model(audio=audio, video=video, present=present)
         for key, value in out.items():
             logits.setdefault(key, []).append(value.float().cpu().numpy())
         index.append(batch["index"].numpy())
@@ -114,8 +117,24 @@ def collect_outputs(model: torch.nn.Module, loader, device: torch.device, autoca
     )
 
 
-def evaluate_run(run_dir: str | Path, data: str | Path, split: str = "test", batch_size: int = 32, workers: int = 0) -> dict[str, Any]:
-    """Score a finished run's best checkpoint on one split of a dataset."""
+ROUTES = {"av": ("audio", "video"), "audio": ("audio",), "video": ("video",)}
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data: str | Path,
+    split: str = "test",
+    batch_size: int = 32,
+    workers: int = 0,
+    route: str | None = None,
+) -> dict[str, Any]:
+    """Score a finished run's best checkpoint on one split of a dataset.
+
+    `route` scores one serving route on every clip that has its modalities, the others removed:
+    "audio" runs each clip with an audio track as an audio-only request (the <family>_audio
+    graph's computation), "video" likewise, "av" only the clips with both. Default: every clip
+    as it is (unimodal files as unimodal requests).
+    """
     from training.checkpoint import load_run
     from training.data.dataset import AVClipDataset, EpochSampler, Preprocessing, collate
     from training.data.records import DatasetError, load_records
@@ -128,12 +147,34 @@ def evaluate_run(run_dir: str | Path, data: str | Path, split: str = "test", bat
     if not selected.records:
         raise DatasetError(f"split {split!r} of {data} is empty")
     modalities = sorted(max((frozenset(m) for m in model.servable_modalities), key=len))
+    missing = "zero"
+    if route is not None:
+        if route not in ROUTES:
+            raise ValueError(f"route must be one of {', '.join(ROUTES)}, not {route!r}")
+        if frozenset(ROUTES[route]) not in {frozenset(m) for m in model.servable_modalities}:
+            raise DatasetError(f"{run_dir}: the model does not serve {route} requests")
+        modalities, missing = list(ROUTES[route]), "skip"
     dataset = AVClipDataset(
-        selected.records, info.classes, info.multilabel, Preprocessing.from_config(model.config), train=False, modalities=modalities
+        selected.records,
+        info.classes,
+        info.multilabel,
+        Preprocessing.from_config(model.config),
+        train=False,
+        modalities=modalities,
+        missing=missing,
     )
+    if len(dataset) == 0:
+        raise DatasetError(f"split {split!r} of {data} has no clip with the modalities {modalities}")
     sampler = EpochSampler(len(dataset), shuffle=False, seed=0, num_replicas=1, rank=0, drop_last=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate)
     outputs = collect_outputs(model, loader, torch.device("cpu"))
-    result = {"run": str(run_dir), "checkpoint": info.checkpoint, "step": info.step, "split": split, "num_clips": len(dataset)}
+    result = {
+        "run": str(run_dir),
+        "checkpoint": info.checkpoint,
+        "step": info.step,
+        "split": split,
+        "route": route or "as-is",
+        "num_clips": len(dataset),
+    }
     result.update(score_outputs(model, outputs.logits, outputs.target, outputs.has_audio, outputs.has_video, info.multilabel))
     return result

@@ -79,6 +79,8 @@ class ExportOptions:
     # Unimodal requests of a family that lacks that graph: "route" = the gateway must find
     # another model of the family, "zero_fill" / "reject" per the architecture's own export.
     missing_modality: str = "route"
+    # More `parameters` for every model's config.pbtxt (export_run adds how the run was trained).
+    extra_parameters: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -108,7 +110,12 @@ def export_run(run_dir: str | Path, repository: str | Path, options: ExportOptio
     except CheckpointError as error:
         raise ExportError(str(error)) from error
     family = options.family or info.model
-    return export_model(model, info.classes, repository, dataclasses.replace(options, family=family))
+    extra = dict(options.extra_parameters)
+    modality_dropout = float(info.train.get("modality_dropout") or 0.0)
+    if modality_dropout > 0:  # tells a reader of the repository the unimodal graphs were trained for
+        extra.setdefault("modality_dropout", repr(modality_dropout))
+    options = dataclasses.replace(options, family=family, extra_parameters=tuple(sorted(extra.items())))
+    return export_model(model, info.classes, repository, options)
 
 
 def export_model(
@@ -187,7 +194,10 @@ def model_config_for(model: AVClassifier, graph: ModalityGraph, name: str, optio
         "answer_output": graph.output_names[0],
         "heads": ",".join(graph.head_names),
         "missing_modality": options.missing_modality,
+        **dict(options.extra_parameters),
     }
+    if len(graph.modalities) == 1:
+        parameters["unimodal"] = model.unimodal_graphs
     tensorrt_plan = options.runtime == "tensorrt_plan"
     config = new_model_config(
         NewModelConfig(

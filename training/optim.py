@@ -34,6 +34,7 @@ class Recipe:
     final_lr_fraction: float = 0.0
     label_smoothing: float = 0.0
     mixup_alpha: float = 0.0
+    modality_mixup: bool = False  # MBT Sec. 4.2: an independent mixup lambda per modality
     source: str = ""
 
     def to_dict(self) -> dict:
@@ -66,7 +67,8 @@ RECIPES: dict[str, Recipe] = {
             0.0,
             warmup_epochs=2.5,
             mixup_alpha=0.3,
-            source="MBT B3: synchronous SGD m=0.9, base LR 0.5, cosine, 2.5-epoch warm-up, mixup 0.3 (batch 64)",
+            modality_mixup=True,
+            source="MBT B3: synchronous SGD m=0.9, base LR 0.5, cosine, 2.5-epoch warm-up, modality mixup 0.3 (batch 64)",
         ),
     ]
 }

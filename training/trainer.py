@@ -15,9 +15,12 @@ there is no best.pt) and reports missing / unexpected / shape-mismatched keys (e
 classifier of a different class count). The default recipe is then `finetune` (SGD, Table 5).
 
 Missing modalities (`missing="zero"` default for supervised): a clip without audio (video) gets
-zeros + a flag; the loss of each head is only computed on clips for which the head exists
-(`model.heads_for(present)`; nothing if the present set is not servable by the model, e.g. a
-unimodal clip for MBT). `missing="skip"` (default for contrastive) drops such clips.
+zeros + a flag; the model gets the flags as `present` (training/models/base.py, "Mixed
+batches") and the loss of each head is only computed on clips for which the head exists
+(`model.heads_for(present)`; nothing if the present set is not servable by the model).
+`missing="skip"` (default for contrastive) drops such clips. `modality_dropout=p` also turns
+a fraction p of the audio+video clips of each batch into audio-only or video-only ones
+(training.augment.drop_modalities), which is how MBT learns its unimodal routes.
 
 Files (rank 0 only): RUN_DIR/run.json, last.pt, best.pt, metrics.jsonl, eval.json (see
 training.checkpoint). `resume=True` restores model, projectors, optimiser, scheduler, grad
@@ -50,7 +53,7 @@ import torch.nn as nn
 
 from training import checkpoint as ckpt
 from training import distributed as D
-from training.augment import mixup
+from training.augment import VideoAugmentConfig, drop_modalities, mixup
 from training.losses import ContrastiveProjectors, contrastive_loss, smooth_targets, supervised_loss
 from training.evaluate import collect_outputs, score_outputs, valid_head_masks
 from training.optim import Schedule, build_optimizer, build_scheduler, default_recipe, effective_lr, resolve_recipe, warmup_steps_for
@@ -86,6 +89,7 @@ class TrainConfig:
     train_split: str = "train"
     eval_split: str | None = "val"  # None: no evaluation; missing split falls back to "test"
     missing: str | None = None  # "zero" | "skip"; default zero (supervised) / skip (contrastive)
+    modality_dropout: float = 0.0  # fraction of audio+video clips made unimodal (supervised only)
     amp: str = "auto"
     device: str = "auto"
     seed: int = 0
@@ -108,10 +112,10 @@ class _Net(nn.Module):
         self.model = model
         self.projectors = projectors
 
-    def forward(self, audio=None, video=None):
+    def forward(self, audio=None, video=None, present=None):
         if self.projectors is not None:
-            return self.projectors(self.model.forward_features(audio=audio, video=video))
-        return self.model(audio=audio, video=video)
+            return self.projectors(self.model.forward_features(audio=audio, video=video, present=present))
+        return self.model(audio=audio, video=video, present=present)
 
 
 def _parse_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -154,6 +158,10 @@ class Trainer:
             raise TrainError("--batch-size must be >= 1")
         if cfg.epochs is not None and cfg.steps is not None:
             raise TrainError("give --epochs or --steps, not both")
+        if not 0.0 <= cfg.modality_dropout < 1.0:
+            raise TrainError(f"--modality-dropout must be in [0, 1), not {cfg.modality_dropout}")
+        if cfg.modality_dropout and cfg.objective != "supervised":
+            raise TrainError("--modality-dropout applies to the supervised objective only")
         self.out = Path(cfg.out)
         self.dist = D.init_distributed(cfg.device)
         self.device = self.dist.device
@@ -255,8 +263,17 @@ class Trainer:
 
         pre = Preprocessing.from_config(model.config)
         mods = tuple(sorted(self.input_modalities))
+        video_augment = VideoAugmentConfig(hflip_prob=float(model.config.video_hflip_prob))
         self.train_set = AVClipDataset(
-            train_records.records, self.classes, self.multilabel, pre, train=True, modalities=mods, missing=self.missing, seed=cfg.seed
+            train_records.records,
+            self.classes,
+            self.multilabel,
+            pre,
+            train=True,
+            modalities=mods,
+            missing=self.missing,
+            seed=cfg.seed,
+            video_augment=video_augment,
         )
         if len(self.train_set) == 0:
             raise TrainError(f"split {cfg.train_split!r} has no clip with the modalities {sorted(mods)} the model needs")
@@ -343,6 +360,7 @@ class Trainer:
                 "eval_split": self.eval_split,
                 "eval_clips": len(self.eval_set) if self.eval_set else 0,
                 "missing_modality": self.missing,
+                "modality_dropout": cfg.modality_dropout,
                 "dropped_train_clips": self.train_set.num_dropped,
                 "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
                 "device": str(self.device),
@@ -446,6 +464,12 @@ class Trainer:
         masks = valid_head_masks(self.model, has_audio.numpy(), has_video.numpy())
         return {h: torch.from_numpy(m).to(self.device) for h, m in masks.items()}
 
+    def _present(self, audio, video, has_a: torch.Tensor, has_v: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """Per-clip presence for a mixed batch (only meaningful when both inputs are given)."""
+        if audio is None or video is None:
+            return None
+        return {"audio": has_a.to(self.device), "video": has_v.to(self.device)}
+
     def _inputs(self, batch: dict[str, torch.Tensor]):
         audio = batch["audio"].to(self.device, non_blocking=True) if "audio" in batch else None
         video = batch["video"].to(self.device, non_blocking=True) if "video" in batch else None
@@ -474,12 +498,25 @@ class Trainer:
         else:
             target = smooth_targets(batch["target"].to(self.device), len(self.classes), self.recipe.label_smoothing)
             if self.recipe.mixup_alpha > 0:
-                mixed = mixup(audio, video, target, self.recipe.mixup_alpha, rng=self.np_rng, has_audio=has_a, has_video=has_v)
+                mixed = mixup(
+                    audio,
+                    video,
+                    target,
+                    self.recipe.mixup_alpha,
+                    rng=self.np_rng,
+                    has_audio=has_a,
+                    has_video=has_v,
+                    per_modality=self.recipe.modality_mixup,
+                )
                 audio, video, target, has_a, has_v = mixed.audio, mixed.video, mixed.target, mixed.has_audio, mixed.has_video
                 logs["mixup_lambda"] = mixed.lam
+            if self.cfg.modality_dropout > 0:
+                dropped = drop_modalities(audio, video, has_a, has_v, self.cfg.modality_dropout, self.np_rng)
+                audio, video, has_a, has_v = dropped.audio, dropped.video, dropped.has_audio, dropped.has_video
+                logs["modality_dropped"] = dropped.dropped
             valid = self._valid_masks(has_a, has_v)
             with self._autocast():
-                out = self.ddp(audio=audio, video=video)
+                out = self.ddp(audio=audio, video=video, present=self._present(audio, video, has_a, has_v))
             loss, per_head = supervised_loss(out, target, self.head_names, self.multilabel, valid)
             logs.update({f"loss/{k}": float(v.detach()) for k, v in per_head.items()})
         self.optimizer.zero_grad(set_to_none=True)

@@ -59,13 +59,14 @@ def test_tiny_model_backward_reaches_every_parameter(name, make_audio, make_vide
     missing = [n for n, p in model.named_parameters() if p.grad is None or torch.count_nonzero(p.grad) == 0]
     assert not missing, missing
 
-    # Audio-only training step: video-side parameters must get no gradient at all.
+    # Audio-only training step: video-side (and fusion-stream) parameters get no gradient at all.
+    # Architectures name their per-modality parameters with the modality (tested here).
     model.zero_grad(set_to_none=True)
     out = model(audio=batch["audio"])
     torch.nn.functional.cross_entropy(out[LOGITS_KEY], labels).backward()
     touched = {n for n, p in model.named_parameters() if p.grad is not None and torch.count_nonzero(p.grad) > 0}
-    assert "video_patch_embed.proj.weight" not in touched and "audio_patch_embed.proj.weight" in touched
-    assert not any(n.startswith("classifiers.video") or n == "fusion_tokens" for n in touched)
+    assert any("video" in n for n, _ in model.named_parameters()) and any("audio" in n for n in touched)
+    assert not [n for n in touched if "video" in n or "fusion" in n]
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # shape checks are constant for a fixed clip

@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 import torch
 
@@ -10,6 +11,7 @@ from training.augment import (
     random_resized_crop_box,
     sample_mixup_lambda,
     VideoAugmentConfig,
+    drop_modalities,
 )
 
 
@@ -70,3 +72,59 @@ def test_augment_video_shapes():
     assert out.shape == (4, 64, 64, 3) and out.dtype == torch.uint8
     ev = eval_video(frames, 64)
     assert ev.shape == (4, 64, 64, 3) and ev.dtype == torch.uint8
+
+
+def test_modality_mixup_uses_one_lambda_per_modality_and_their_mean_for_the_target():
+    rng = np.random.default_rng(3)
+    audio, video = torch.randn(6, 50), torch.randint(0, 256, (6, 2, 4, 4, 3), dtype=torch.uint8)
+    target = torch.nn.functional.one_hot(torch.arange(6) % 3, 3).float()
+    lambdas = set()
+    for _ in range(5):
+        r = mixup(audio, video, target, 0.3, rng=rng, per_modality=True)
+        p = r.perm
+        # recover each modality's lambda from one coordinate that differs between the pair
+        i = int(torch.nonzero(p != torch.arange(6))[0])
+        j = int(torch.nonzero((audio[i] - audio[p[i]]).abs() > 1e-3)[0])
+        lam_a = float((r.audio[i, j] - audio[p[i], j]) / (audio[i, j] - audio[p[i], j]))
+        flat_v, flat_vp = video[i].float().flatten(), video[p[i]].float().flatten()
+        k = int(torch.nonzero((flat_v - flat_vp).abs() > 0)[0])
+        lam_v = float((r.video[i].flatten()[k] - flat_vp[k]) / (flat_v[k] - flat_vp[k]))
+        assert r.lam == pytest.approx((lam_a + lam_v) / 2, abs=1e-4)
+        assert torch.allclose(r.target, r.lam * target + (1 - r.lam) * target[p], atol=1e-6)
+        lambdas.add((round(lam_a, 3), round(lam_v, 3)))
+    assert any(a != v for a, v in lambdas)  # independent draws, not one shared lambda
+
+
+def test_drop_modalities_makes_audio_video_clips_unimodal_at_the_given_rate():
+    rng = np.random.default_rng(0)
+    n = 4000
+    audio, video = torch.ones(n, 10), torch.full((n, 1, 2, 2, 3), 7, dtype=torch.uint8)
+    has_a = torch.ones(n, dtype=torch.bool)
+    has_v = torch.ones(n, dtype=torch.bool)
+    has_v[:1000] = False  # audio-only clips are never dropped further
+    out = drop_modalities(audio, video, has_a, has_v, 0.3, rng)
+    lost_a, lost_v = ~out.has_audio, has_v & ~out.has_video
+    assert not (lost_a & lost_v).any() and not lost_a[:1000].any()  # never both, never the only one
+    assert out.dropped == int(lost_a.sum() + lost_v.sum())
+    assert abs(out.dropped / 3000 - 0.3) < 0.04 and abs(int(lost_a.sum()) / out.dropped - 0.5) < 0.08
+    assert torch.equal(out.audio[lost_a], torch.zeros_like(out.audio[lost_a])) and (out.audio[~lost_a] == 1).all()
+    assert (out.video[lost_v] == 0).all() and (out.video[~lost_v] == 7).all() and out.video.dtype == torch.uint8
+
+
+def test_drop_modalities_at_zero_is_the_identity_and_draws_nothing():
+    rng = np.random.default_rng(0)
+    state = rng.bit_generator.state
+    audio, flags = torch.randn(4, 3), torch.ones(4, dtype=torch.bool)
+    out = drop_modalities(audio, None, flags, flags, 0.0, rng)
+    assert out.audio is audio and out.dropped == 0 and rng.bit_generator.state == state
+
+
+def test_horizontal_flip_only_when_configured():
+    frames = np.zeros((2, 16, 16, 3), dtype=np.uint8)
+    frames[:, :, :4] = 255  # a bright left edge
+    never = VideoAugmentConfig(crop_area=(1.0, 1.0), crop_aspect=(1.0, 1.0), color_prob=0.0)
+    always = VideoAugmentConfig(crop_area=(1.0, 1.0), crop_aspect=(1.0, 1.0), color_prob=0.0, hflip_prob=1.0)
+    plain = augment_video(frames, 16, np.random.default_rng(0), never)
+    flipped = augment_video(frames, 16, np.random.default_rng(0), always)
+    assert plain[:, :, 0].float().mean() > 200 and plain[:, :, -1].float().mean() < 50
+    assert torch.equal(flipped, plain.flip(2))

@@ -129,3 +129,45 @@ def test_load_run_errors(tmp_path):
     (tmp_path / "best.pt").write_bytes(b"garbage")
     with pytest.raises(ckpt.CheckpointError, match="corrupt"):
         ckpt.load_run(tmp_path)
+
+
+def test_mbt_trains_with_modality_dropout_and_the_mbt_recipe(tiny_train):
+    """The second architecture through the same trainer: one "cls" head, mixed batches with the
+    unimodal files and dropped modalities, MBT's recipe (SGD, modality mixup)."""
+    cfg = tiny_train(model="mbt_tiny", steps=4, modality_dropout=0.5, recipe="mbt", lr=0.01, batch_size=8, max_eval_clips=12)
+    Trainer(cfg).fit()
+    run = json.loads((cfg.out / "run.json").read_text())
+    assert run["train"]["modality_dropout"] == 0.5 and run["recipe"]["modality_mixup"] is True
+    rows = [json.loads(line) for line in (cfg.out / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    assert {"loss", "loss/cls", "mixup_lambda", "modality_dropped"} <= set(train_rows[0])
+    assert sum(r["modality_dropped"] for r in train_rows) > 0
+    ev = json.loads((cfg.out / "eval.json").read_text())["best"]
+    assert set(ev["heads"]) == {"cls"}
+    # every kind of clip in the eval split is scored: MBT serves unimodal clips too
+    assert set(ev["by_modalities"]) <= {"audio+video", "audio", "video"} and "audio+video" in ev["by_modalities"]
+
+
+def test_modality_dropout_is_validated(tiny_train):
+    with pytest.raises(TrainError, match="modality-dropout"):
+        Trainer(tiny_train(modality_dropout=1.0))
+    with pytest.raises(TrainError, match="supervised"):
+        Trainer(tiny_train(modality_dropout=0.2, objective="contrastive"))
+
+
+def test_evaluate_a_single_route_on_every_clip_that_has_its_inputs(tiny_train, synth_dir):
+    from training.data.records import load_records
+    from training.evaluate import evaluate_run
+
+    cfg = tiny_train(steps=2, eval_split=None)
+    Trainer(cfg).fit()
+    test = load_records(synth_dir).split("test").records
+    with_audio = [r for r in test if "audio" in (r.modalities or "audio+video")]
+    result = evaluate_run(cfg.out, synth_dir, split="test", route="audio")
+    assert result["route"] == "audio" and result["num_clips"] == len(with_audio)
+    assert set(result["heads"]) == {"audio"}  # Zorro's audio graph: the audio head only
+    assert set(result["by_modalities"]) == {"audio"}
+    both = evaluate_run(cfg.out, synth_dir, split="test", route="av")
+    assert set(both["by_modalities"]) == {"audio+video"}
+    with pytest.raises(ValueError, match="route"):
+        evaluate_run(cfg.out, synth_dir, split="test", route="text")

@@ -4,11 +4,15 @@
     model = create_model("zorro_tiny", num_classes=5)
     out = model(audio=pcm, video=frames)   # {"audio": ..., "video": ..., "fusion": ..., "global": ..., "logits": ...}
 
+    model = create_model("mbt_tiny")
+    out = model(audio=pcm)                  # {"cls": ..., "logits": ...}: the audio stream alone
+
 The common interface is documented in training/models/base.py.
 """
 
-from . import zorro  # noqa: F401  (importing an architecture module registers its presets)
+from . import mbt, zorro  # noqa: F401  (importing an architecture module registers its presets)
 from .base import AUDIO, AUDIO_ONLY, AUDIO_VIDEO, HEAD_OUTPUT_PREFIX, LOGITS_KEY, VIDEO, VIDEO_ONLY, AVClassifier, AVConfig, ModalityGraph
+from .mbt import MBT, MBTConfig
 from .registry import create_model, get_model_config, list_models, register_model
 from .zorro import ZorroConfig, ZorroViT
 
@@ -17,6 +21,8 @@ __all__ = [
     "AUDIO_ONLY",
     "AUDIO_VIDEO",
     "LOGITS_KEY",
+    "MBT",
+    "MBTConfig",
     "VIDEO",
     "VIDEO_ONLY",
     "AVClassifier",

@@ -9,8 +9,9 @@ only, never against one architecture:
                                   # e.g. Zorro: {"audio","video"}, {"audio"}, {"video"}
     model.heads_for(modalities)   # heads computable from those inputs, Zorro audio-only -> ("audio",)
     model.feature_dim             # width of forward_features outputs
-    model(audio=None, video=None) -> {head: logits [B, num_classes], ..., "logits": mean of those heads}
-    model.forward_features(audio=None, video=None) -> {head: features [B, feature_dim]}
+    model(audio=None, video=None, present=None) -> {head: logits [B, num_classes], ..., "logits": mean of those heads}
+    model.forward_features(audio=None, video=None, present=None) -> {name: features [B, feature_dim]}
+    model.classify(features, present=None) -> {head: logits}
 
 Inputs (what the gateway sends, so train and serve see the same tensors):
     audio: float32 [B, config.clip_samples], mono PCM in [-1, 1] at config.sample_rate.
@@ -21,12 +22,22 @@ of every exported graph (shared/DESIGN.md: train/serve skew impossible by constr
 
 A modality that is absent is passed as None, never zero-filled: a model computes only the
 heads in `heads_for(present)`, and an input set outside `servable_modalities` raises.
+
+Mixed batches (training, evaluation): a batch can hold clips that lack a modality (unimodal
+files, modality dropout). The trainer then passes both inputs, zeros where a clip has none,
+and `present = {"audio": bool [B], "video": bool [B]}`. The contract: for every clip, the
+outputs of the heads in `heads_for(that clip's modalities)` must equal what the unimodal call
+(the absent input passed as None) would give. Zorro needs nothing for that (its heads are
+modality-pure; other heads are masked out of the loss); MBT uses it to leave an absent stream
+out of its bottleneck average and its logit average.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Mapping
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -40,6 +51,9 @@ VIDEO_ONLY = frozenset({VIDEO})
 LOGITS_KEY = "logits"  # key of the head-averaged prediction in forward()'s dict
 HEAD_OUTPUT_PREFIX = "head_"  # exported graphs name each head's output head_<name>
 
+# Per-clip presence of each modality in a mixed batch: {"audio": bool [B], "video": bool [B]}.
+Presence = Mapping[str, Tensor]
+
 
 @dataclasses.dataclass
 class AVConfig:
@@ -50,6 +64,9 @@ class AVConfig:
     num_frames: int = 4  # RGB frames per example
     image_size: int = 64  # frames are image_size x image_size
     num_classes: int = 12
+    # Training-time horizontal flip of the frames (dataset side, not in the graph): MBT uses
+    # ViViT's "random crop, flip, colour jitter"; Zorro App. B lists no flip.
+    video_hflip_prob: float = 0.0
 
     @property
     def clip_samples(self) -> int:
@@ -64,6 +81,11 @@ class AVClassifier(nn.Module, abc.ABC):
     head_names: tuple[str, ...]
     # Paper family, written to the model repository so the gateway can tell models apart.
     architecture: ClassVar[str]
+    # What a unimodal graph computes, written to the repository as the `unimodal` parameter:
+    #   "head"    exactly the full model's head for that modality (Zorro: modality-pure heads);
+    #   "stream"  the model run on that modality's stream alone, a different function from the
+    #             audio+video answer, as good as the model's training on unimodal clips (MBT).
+    unimodal_graphs: ClassVar[str]
 
     @property
     @abc.abstractmethod
@@ -77,14 +99,18 @@ class AVClassifier(nn.Module, abc.ABC):
     def feature_dim(self) -> int: ...
 
     @abc.abstractmethod
-    def forward_features(self, audio: Tensor | None = None, video: Tensor | None = None) -> dict[str, Tensor]: ...
+    def forward_features(
+        self, audio: Tensor | None = None, video: Tensor | None = None, present: Presence | None = None
+    ) -> dict[str, Tensor]: ...
 
     @abc.abstractmethod
-    def classify(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+    def classify(self, features: dict[str, Tensor], present: Presence | None = None) -> dict[str, Tensor]:
         """Per-head classifier on forward_features' output: {head: logits}, no "logits" key."""
 
-    def forward(self, audio: Tensor | None = None, video: Tensor | None = None) -> dict[str, Tensor]:
-        per_head = self.classify(self.forward_features(audio=audio, video=video))
+    def forward(
+        self, audio: Tensor | None = None, video: Tensor | None = None, present: Presence | None = None
+    ) -> dict[str, Tensor]:
+        per_head = self.classify(self.forward_features(audio=audio, video=video, present=present), present)
         return with_mean_logits(per_head)
 
     # Helpers shared by the architectures -------------------------------------------------

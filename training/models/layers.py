@@ -55,13 +55,19 @@ def htk_mel_filterbank(n_freqs: int, f_min: float, f_max: float, n_mels: int, sa
     return torch.clamp(torch.minimum(down, up), min=0.0).to(torch.float32)
 
 
-def windowed_dft_basis(n_fft: int, win_length: int) -> Tensor:
+WINDOWS = {"hann": torch.hann_window, "hamming": torch.hamming_window}
+
+
+def windowed_dft_basis(n_fft: int, win_length: int, window: str = "hann") -> Tensor:
     """conv1d weight [2 * (n_fft // 2 + 1), 1, n_fft]: rows are window * cos, then window * -sin.
 
-    The periodic Hann window of `win_length` is zero-padded to n_fft in the centre, exactly as
-    torch.stft does. Built in float64 (the phase 2*pi*k*n/N loses digits in float32 at n_fft=1200).
+    The periodic window ("hann": Zorro App. B; "hamming": MBT Sec. 4.2, after AST) of
+    `win_length` is zero-padded to n_fft in the centre, exactly as torch.stft does. Built in
+    float64 (the phase 2*pi*k*n/N loses digits in float32 at n_fft=1200).
     """
-    window = torch.hann_window(win_length, periodic=True, dtype=torch.float64)
+    if window not in WINDOWS:
+        raise ValueError(f"window {window!r} not in {sorted(WINDOWS)}")
+    window = WINDOWS[window](win_length, periodic=True, dtype=torch.float64)
     left = (n_fft - win_length) // 2
     window = F.pad(window, (left, n_fft - win_length - left))
     n = torch.arange(n_fft, dtype=torch.float64)
@@ -94,6 +100,7 @@ class LogMelFrontend(nn.Module):
         f_min: float = 0.0,
         f_max: float | None = None,
         log_eps: float = 1e-6,
+        window: str = "hann",
     ):
         super().__init__()
         if win_length > n_fft:
@@ -102,7 +109,7 @@ class LogMelFrontend(nn.Module):
         self.n_freqs = n_fft // 2 + 1
         self.log_eps = log_eps
         f_max = sample_rate / 2 if f_max is None else f_max
-        self.register_buffer("dft_basis", windowed_dft_basis(n_fft, win_length), persistent=False)
+        self.register_buffer("dft_basis", windowed_dft_basis(n_fft, win_length, window), persistent=False)
         self.register_buffer(
             "mel_filterbank", htk_mel_filterbank(self.n_freqs, f_min, f_max, n_mels, sample_rate), persistent=False
         )
@@ -303,19 +310,37 @@ class MultiHeadSelfAttention(nn.Module):
         return self.project_out(masked_attention(q, k, v, attend))
 
 
-class TransformerBlock(nn.Module):
-    """Pre-LN ViT block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+class DropPath(nn.Module):
+    """Stochastic depth: in training, zero a residual branch for a random subset of examples
+    (probability p) and scale the kept ones by 1/(1-p). Identity in eval mode and at p = 0."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
+    def __init__(self, p: float = 0.0):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop-path probability {p} outside [0, 1)")
+        self.p = p
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(1.0 - self.p)
+        return x * keep / (1.0 - self.p)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LN ViT block: x + Attn(LN(x)), then x + MLP(LN(x)); optional stochastic depth."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)  # eps of the ViT reference implementation
         self.attn = MultiHeadSelfAttention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, x: Tensor, attend: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.norm1(x), attend)
-        return x + self.mlp(self.norm2(x))
+        x = x + self.drop_path(self.attn(self.norm1(x), attend))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
 class CrossAttentionBlock(nn.Module):

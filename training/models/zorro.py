@@ -21,7 +21,7 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from .base import AUDIO, AUDIO_ONLY, AUDIO_VIDEO, VIDEO, VIDEO_ONLY, AVClassifier, AVConfig
+from .base import AUDIO, AUDIO_ONLY, AUDIO_VIDEO, VIDEO, VIDEO_ONLY, AVClassifier, AVConfig, Presence
 from .layers import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -168,6 +168,7 @@ class ZorroViT(AVClassifier):
     """Zorro-ViT (shared or separate weights, any of the four masking schemes). See module docstring."""
 
     architecture = "zorro"
+    unimodal_graphs = "head"
 
     def __init__(self, config: ZorroConfig):
         super().__init__()
@@ -247,7 +248,11 @@ class ZorroViT(AVClassifier):
     def feature_dim(self) -> int:
         return self.config.dim
 
-    def forward_features(self, audio: Tensor | None = None, video: Tensor | None = None) -> dict[str, Tensor]:
+    def forward_features(
+        self, audio: Tensor | None = None, video: Tensor | None = None, present: Presence | None = None
+    ) -> dict[str, Tensor]:
+        # `present` needs no handling: each head reads only its own groups, and the caller
+        # drops the heads a clip lacks (base.py, "Mixed batches").
         present = self.present_modalities(audio, video)
         tokens: dict[str, Tensor] = {}
         if audio is not None:
@@ -257,7 +262,7 @@ class ZorroViT(AVClassifier):
         tokens = self.encode(tokens, with_fusion=present == AUDIO_VIDEO and self.config.uses_fusion_tokens)
         return self.decode(tokens, self.heads_for(present))
 
-    def classify(self, features: dict[str, Tensor]) -> dict[str, Tensor]:
+    def classify(self, features: dict[str, Tensor], present: Presence | None = None) -> dict[str, Tensor]:
         return {head: self.classifiers[f"{head}_head"](feature) for head, feature in features.items()}
 
     # --- stages ------------------------------------------------------------------------
