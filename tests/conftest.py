@@ -3,14 +3,15 @@
 import pytest
 
 
-@pytest.fixture(scope="session")
-def zorro_repository(tmp_path_factory, worker_id):
-    """A Triton model repository holding zorro_tiny_av, _audio and _video, exported by the real
-    exporter from a seeded, untrained zorro_tiny with the synthetic dataset's 12 labels.
+def _shared_export(tmp_path_factory, worker_id: str, preset: str, directory: str, seed: int = 1234):
+    """Export a seeded, untrained `preset` (family = the preset name, the synthetic dataset's
+    12 labels) into `<shared tmp>/<directory>` once per test run, shared by the xdist workers
+    (pytest-xdist's documented recipe: the first worker to take the lock exports, the others
+    find the finished repository). Returns (repository_path, torch_model).
 
-    Returns (repository_path, torch_model). Untrained weights still give distinct,
-    input-dependent answers, which is all serving tests need. The export (~5-15 s) is done
-    once per test run and shared by the xdist workers (pytest-xdist's documented recipe).
+    Every worker builds the same model from the same seed, so the torch model returned is the
+    one the repository holds whichever worker exported it. Untrained weights still give
+    distinct, input-dependent answers, which is all serving tests need.
     """
     import torch
     from filelock import FileLock
@@ -19,11 +20,33 @@ def zorro_repository(tmp_path_factory, worker_id):
     from training.export import ExportOptions, export_model
     from training.models import create_model
 
-    torch.manual_seed(1234)
-    model = create_model("zorro_tiny", num_classes=len(CLASS_NAMES)).eval()
+    torch.manual_seed(seed)
+    model = create_model(preset, num_classes=len(CLASS_NAMES)).eval()
     shared_root = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
-    repository = shared_root / "zorro_repository"
+    repository = shared_root / directory
     with FileLock(str(repository) + ".lock"):
-        if not (repository / "zorro_tiny_av" / "config.pbtxt").is_file():
-            export_model(model, CLASS_NAMES, repository, ExportOptions(family="zorro_tiny", max_batch_size=16))
+        # export_model writes _av, _audio, then _video, each swapped in whole: the last one's
+        # config means the whole export finished (a worker whose export failed leaves none).
+        if not (repository / f"{preset}_video" / "config.pbtxt").is_file():
+            export_model(model, CLASS_NAMES, repository, ExportOptions(family=preset, max_batch_size=16))
     return repository, model
+
+
+@pytest.fixture(scope="session")
+def zorro_repository(tmp_path_factory, worker_id):
+    """A Triton model repository holding zorro_tiny_av, _audio and _video, exported by the real
+    exporter from a seeded, untrained zorro_tiny (~5-15 s, once per test run).
+
+    Returns (repository_path, torch_model).
+    """
+    return _shared_export(tmp_path_factory, worker_id, "zorro_tiny", "zorro_repository")
+
+
+@pytest.fixture(scope="session")
+def mbt_repository(tmp_path_factory, worker_id):
+    """mbt_tiny_av, _audio and _video (MBT: one head, `cls`; unimodal graphs run one stream
+    alone), exported like `zorro_repository` from a seeded, untrained mbt_tiny.
+
+    Returns (repository_path, torch_model).
+    """
+    return _shared_export(tmp_path_factory, worker_id, "mbt_tiny", "mbt_repository")

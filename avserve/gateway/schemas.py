@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, Field
 
 
@@ -66,7 +68,11 @@ class ClassifyResponse(BaseModel):
     modalities: Modalities
     predictions: list[Prediction] = Field(description="Top-k labels of the model's answer output, best first.")
     heads: dict[str, list[Prediction]] | None = Field(
-        None, description="Top-k per output head (Zorro: audio, video, fusion, global), when the model has heads."
+        None,
+        description=(
+            "Top-k per output head, when the model has heads: the model's own head names "
+            "(Zorro: audio, video, fusion, global on audio+video, one of audio/video on a unimodal model; MBT: cls)."
+        ),
     )
     windows: list[ScoredWindow]
     media: MediaSummary
@@ -91,6 +97,27 @@ class ModelInfo(BaseModel):
     heads: list[str]
     num_labels: int
     missing_modality: str
+    unimodal: Literal["head", "stream"] | None = Field(
+        None,
+        description=(
+            "For an audio-only or video-only model, what its answer is. `head`: exactly the answer the "
+            "family's audio+video model gives for that modality's head (e.g. Zorro's audio head), at a "
+            "fraction of the compute. `stream`: the model run on that stream alone, a different answer "
+            "from the audio+video one, as reliable as the model's training on single-modality clips "
+            "(see `modality_dropout`; e.g. MBT). Null for audio+video models and when the repository "
+            "does not say."
+        ),
+    )
+    modality_dropout: float | None = Field(
+        None,
+        description=(
+            "Fraction of audio+video training clips that had one modality dropped (e.g. 0.3), when the "
+            "repository records it: a `stream` model trained this way was taught to answer single-modality "
+            "clips. Null: not recorded (the training run used no modality dropout, or the export predates "
+            "the parameter); its single-modality answers then rest only on whatever audio-only or "
+            "video-only clips its training data held."
+        ),
+    )
     sample_rate: int | None
     clip_seconds: float | None
     num_frames: int | None

@@ -27,7 +27,7 @@ from .config import (
 )
 from .errors import RepositoryError
 from .repository import Repository, load_repository
-from .spec import MISSING_MODALITY_POLICIES, MODALITIES, ModelSpec, TensorSpec, load_model_spec
+from .spec import MISSING_MODALITY_POLICIES, MODALITIES, UNIMODAL_KINDS, ModelSpec, TensorSpec, load_model_spec
 
 __all__ = [
     "MISSING_MODALITY_POLICIES",
@@ -35,6 +35,7 @@ __all__ = [
     "NUMPY_DTYPES",
     "ONNX_BACKEND",
     "ONNX_PLATFORM",
+    "UNIMODAL_KINDS",
     "BatchingConfig",
     "ModelConfig",
     "ModelSpec",

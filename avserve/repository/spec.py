@@ -23,6 +23,11 @@ from .errors import RepositoryError
 
 MODALITIES = frozenset({"audio", "video"})
 MISSING_MODALITY_POLICIES = frozenset({"route", "zero_fill", "reject"})
+# What a unimodal graph computes (`unimodal` parameter, written by the exporter):
+#   "head"    exactly the full model's head for that modality (Zorro's modality-pure heads);
+#   "stream"  the model run on that stream alone, a different function from the audio+video
+#             answer whose quality depends on how the model was trained (MBT).
+UNIMODAL_KINDS = frozenset({"head", "stream"})
 ANSWER_OUTPUT = "logits"
 HEAD_PREFIX = "head_"
 CONFIG_FILE = "config.pbtxt"
@@ -71,6 +76,8 @@ class ModelSpec:
     answer_output: str
     heads: tuple[str, ...]
     missing_modality: str
+    unimodal: str | None = None  # one of UNIMODAL_KINDS, or None when the config does not say
+    modality_dropout: float | None = None  # fraction of training clips made unimodal, when recorded
     labels: tuple[str, ...] = ()
     versions: tuple[int, ...] = ()
     path: Path | None = None  # the model directory, when read from disk
@@ -128,6 +135,13 @@ class ModelSpec:
             raise RepositoryError(
                 f"{where}: missing_modality {missing_modality!r} is not one of {sorted(MISSING_MODALITY_POLICIES)}"
             )
+        unimodal = decode.choice(
+            "unimodal",
+            UNIMODAL_KINDS,
+            "what an audio-only or video-only graph computes: 'head' = exactly the audio+video model's head "
+            "for that modality, 'stream' = the model run on that stream alone",
+        )
+        modality_dropout = decode.fraction("modality_dropout")
         if config.max_batch_size < 0:
             raise RepositoryError(f"{where}: max_batch_size must be >= 0, not {config.max_batch_size}")
 
@@ -149,6 +163,8 @@ class ModelSpec:
             answer_output=answer_output,
             heads=heads,
             missing_modality=missing_modality,
+            unimodal=unimodal,
+            modality_dropout=modality_dropout,
             labels=tuple(labels or ()),
             versions=tuple(sorted(versions)),
             path=path,
@@ -274,6 +290,26 @@ class _Decoder:
             raise RepositoryError(f"{self.where}: parameter {key}={raw!r} is not a number") from None
         if not math.isfinite(value) or value <= 0:
             raise RepositoryError(f"{self.where}: parameter {key}={raw!r} must be a positive number")
+        return value
+
+    def choice(self, key: str, allowed: frozenset[str], meaning: str) -> str | None:
+        raw = self.parameters.get(key, "").strip()
+        if not raw:
+            return None
+        if raw not in allowed:
+            raise RepositoryError(f"{self.where}: parameter {key}={raw!r} is not one of {sorted(allowed)} ({meaning})")
+        return raw
+
+    def fraction(self, key: str) -> float | None:
+        raw = self.parameters.get(key, "").strip()
+        if not raw:
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            raise RepositoryError(f"{self.where}: parameter {key}={raw!r} is not a number") from None
+        if not 0.0 <= value <= 1.0:  # also rejects NaN
+            raise RepositoryError(f"{self.where}: parameter {key}={raw!r} must be a fraction in [0, 1]")
         return value
 
     def modalities(self, inputs: tuple[TensorSpec, ...]) -> frozenset[str]:

@@ -40,6 +40,23 @@ def test_specs_decode_the_contract(tiny_repository: Path) -> None:
     assert spec.parameters["intra_op_thread_count"] == "1"
 
 
+def test_unimodal_and_modality_dropout_parameters(tiny_repository: Path) -> None:
+    """Optional: absent is None; `unimodal` says what a unimodal graph computes (head | stream),
+    `modality_dropout` how the run was trained (written by export_run)."""
+    spec = load_model_spec(tiny_repository / "tiny_audio")
+    assert (spec.unimodal, spec.modality_dropout) == (None, None)
+    for unimodal, dropout, expected in (("head", "0", ("head", 0.0)), (" stream ", "0.3", ("stream", 0.3))):
+        _set("unimodal", unimodal)(tiny_repository / "tiny_audio")
+        _set("modality_dropout", dropout)(tiny_repository / "tiny_audio")
+        spec = load_model_spec(tiny_repository / "tiny_audio")
+        assert (spec.unimodal, spec.modality_dropout) == expected and isinstance(spec.modality_dropout, float)
+        # The same decoding from Triton's model-config JSON (the gateway's Triton backend).
+        config = read_model_config(tiny_repository / "tiny_audio" / "config.pbtxt")
+        as_json = json_format.MessageToDict(config, preserving_proto_field_name=True)
+        from_json = ModelSpec.from_model_config(as_json)
+        assert (from_json.unimodal, from_json.modality_dropout) == expected
+
+
 def test_repository_route_table(tiny_repository: Path) -> None:
     repo = load_repository(tiny_repository)
     assert sorted(repo.models) == ["tiny_audio", "tiny_av"]
@@ -146,6 +163,11 @@ BROKEN = {
     "answer output": (_set("answer_output", "scores"), "answer_output 'scores' is not an output"),
     "head without output": (_set("heads", "audio,video"), "no output named head_video"),
     "missing-modality policy": (_set("missing_modality", "guess"), "missing_modality 'guess'"),
+    "unimodal kind": (_set("unimodal", "exact"), r"unimodal='exact' is not one of \['head', 'stream'\]"),
+    "unimodal kind is case-sensitive": (_set("unimodal", "Head"), r"unimodal='Head' is not one of"),
+    "modality dropout not a number": (_set("modality_dropout", "some"), "modality_dropout='some' is not a number"),
+    "modality dropout above 1": (_set("modality_dropout", "1.5"), r"modality_dropout='1.5' must be a fraction in \[0, 1\]"),
+    "modality dropout NaN": (_set("modality_dropout", "nan"), r"modality_dropout='nan' must be a fraction"),
 }
 
 

@@ -32,6 +32,8 @@ def _model_info(spec: ModelSpec) -> dict:
         heads=list(spec.heads),
         num_labels=spec.num_classes,
         missing_modality=spec.missing_modality,
+        unimodal=spec.unimodal,
+        modality_dropout=spec.modality_dropout,
         sample_rate=spec.sample_rate,
         clip_seconds=spec.clip_seconds,
         num_frames=spec.num_frames,
