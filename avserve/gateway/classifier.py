@@ -124,6 +124,7 @@ class Classifier:
                 version=str(spec.versions[-1]) if spec.versions else None,
                 family=spec.family,
                 backend=self.backend.name,
+                unimodal=spec.unimodal,
             ),
             modalities=Modalities(
                 present=sorted(present),

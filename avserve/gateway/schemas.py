@@ -17,6 +17,14 @@ class ServedModel(BaseModel):
     version: str | None = Field(description="Its version in the repository.")
     family: str
     backend: str = Field(description="`embedded` or `triton`.")
+    unimodal: Literal["head", "stream"] | None = Field(
+        None,
+        description=(
+            "For an audio-only or video-only model, how its answer relates to the audio+video model: "
+            "`head` = exactly that model's head for this modality (Zorro); `stream` = the modality's own "
+            "stream run alone, trained for via modality dropout (MBT). Null for audio+video models."
+        ),
+    )
 
 
 class Modalities(BaseModel):

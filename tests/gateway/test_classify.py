@@ -14,7 +14,7 @@ def test_audio_video_clip_is_answered_by_the_av_model(embedded_gateway, clips):
         response = post_clip(client, clips.av, top_k=3)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["model"] == {"name": f"{FAMILY}_av", "version": "1", "family": FAMILY, "backend": "embedded"}
+    assert body["model"] == {"name": f"{FAMILY}_av", "version": "1", "family": FAMILY, "backend": "embedded", "unimodal": None}
     assert body["modalities"] == {"present": ["audio", "video"], "used": ["audio", "video"], "zero_filled": [], "degraded": False}
     assert len(body["predictions"]) == 3
     assert [p["score"] for p in body["predictions"]] == sorted((p["score"] for p in body["predictions"]), reverse=True)

@@ -135,7 +135,8 @@ def assert_answer(response, *, family: str, kind: str, backend: str, model_dir: 
     body = response.json()
     suffix, used = KINDS[kind]
     name = f"{family}_{suffix}"
-    assert body["model"] == {"name": name, "version": "1", "family": family, "backend": backend}
+    unimodal = None if kind == "av" else ("stream" if family == MBT else "head")
+    assert body["model"] == {"name": name, "version": "1", "family": family, "backend": backend, "unimodal": unimodal}
     assert body["modalities"] == {"present": used, "used": used, "zero_filled": [], "degraded": False}
     labels = load_model_spec(model_dir).labels
     assert_scores(body["predictions"], expected["logits"], labels)
