@@ -389,11 +389,15 @@ def classify(
     title = f"{file.name}: {body['model']['name']} (v{body['model']['version']}, {body['model']['backend']}), {used} of {present}"
     if body["modalities"]["degraded"]:
         title += f", degraded: zero-filled {'+'.join(body['modalities']['zero_filled'])}"
+    if body["model"].get("unimodal") == "stream":
+        title += f", {used} stream alone"
     table = Table(title=title)
     table.add_column("#", justify="right")
     table.add_column("label")
     table.add_column("score", justify="right")
     heads = body.get("heads") or {}
+    if len(heads) == 1:  # a single head (MBT's cls) is the answer itself: no second column
+        heads = {}
     for head in heads:
         table.add_column(f"{head} head")
     for rank, prediction in enumerate(body["predictions"], start=1):
