@@ -44,7 +44,7 @@ def test_paper_preset_token_counts_and_output_shapes():
     model = build_on_meta("zorro_vit_b16")
     cfg = model.config
     assert cfg.clip_samples == 307_200  # 6.4 s at 48 kHz
-    assert (cfg.num_audio_tokens, cfg.num_video_tokens) == (320, 1568)  # Fig. 2
+    assert (cfg.num_audio_patches, cfg.num_video_patches) == (320, 1568)  # Fig. 2
     with torch.device("meta"):
         audio = torch.empty(2, cfg.clip_samples)
         video = torch.empty(2, 8, 224, 224, 3, dtype=torch.uint8)

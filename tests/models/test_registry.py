@@ -25,7 +25,7 @@ def test_get_model_config_returns_config_without_building():
     config = get_model_config("zorro_vit_b16", clip_seconds=2.56, spectrogram_frames=256)
     assert isinstance(config, ZorroConfig)
     assert config.clip_samples == 122_880  # 2.56 s at 48 kHz
-    assert config.num_audio_tokens == 128  # digest A1.2: 256 x 128 -> 16 x 8 patches
+    assert config.num_audio_patches == 128  # digest A1.2: 256 x 128 -> 16 x 8 patches
     # The preset itself is untouched by an override.
     assert get_model_config("zorro_vit_b16").clip_samples == 307_200
 

@@ -115,12 +115,17 @@ class AVClassifier(nn.Module, abc.ABC):
 
     # Helpers shared by the architectures -------------------------------------------------
 
+    def servable(self, modalities: frozenset[str] | set[str]) -> frozenset[str]:
+        """`modalities` as a frozenset, or a ValueError naming the servable sets."""
+        modalities = frozenset(modalities)
+        if modalities not in self.servable_modalities:
+            servable = [sorted(m) for m in self.servable_modalities]
+            raise ValueError(f"{type(self).__name__} cannot run on inputs {sorted(modalities)}; servable: {servable}")
+        return modalities
+
     def present_modalities(self, audio: Tensor | None, video: Tensor | None) -> frozenset[str]:
         """The input set of a call, checked against servable_modalities and the input shapes."""
-        present = frozenset(name for name, x in ((AUDIO, audio), (VIDEO, video)) if x is not None)
-        if present not in self.servable_modalities:
-            servable = [sorted(m) for m in self.servable_modalities]
-            raise ValueError(f"{type(self).__name__} cannot run on inputs {sorted(present)}; servable: {servable}")
+        present = self.servable(frozenset(name for name, x in ((AUDIO, audio), (VIDEO, video)) if x is not None))
         cfg = self.config
         if audio is not None and (audio.dim() != 2 or audio.shape[1] != cfg.clip_samples):
             raise ValueError(f"audio must be [B, {cfg.clip_samples}] PCM, got {tuple(audio.shape)}")
@@ -131,6 +136,25 @@ class AVClassifier(nn.Module, abc.ABC):
         if audio is not None and video is not None and audio.shape[0] != video.shape[0]:
             raise ValueError(f"batch sizes differ: audio {audio.shape[0]}, video {video.shape[0]}")
         return present
+
+
+class PatchGrid:
+    """Token counts and checks for ViT-style configs that cut each RGB frame and the log-mel
+    spectrogram [spectrogram_frames, n_mels] into non-overlapping patch_size x patch_size patches
+    (Zorro Fig. 2, MBT Sec. 3.1). Mixed into a config dataclass that has those fields."""
+
+    def check_patch_grid(self) -> None:
+        for name in ("spectrogram_frames", "n_mels", "image_size"):
+            if getattr(self, name) % self.patch_size:
+                raise ValueError(f"{name}={getattr(self, name)} is not a multiple of patch_size={self.patch_size}")
+
+    @property
+    def num_audio_patches(self) -> int:
+        return (self.spectrogram_frames // self.patch_size) * (self.n_mels // self.patch_size)
+
+    @property
+    def num_video_patches(self) -> int:
+        return self.num_frames * (self.image_size // self.patch_size) ** 2
 
 
 def with_mean_logits(per_head: dict[str, Tensor]) -> dict[str, Tensor]:

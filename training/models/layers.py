@@ -114,6 +114,22 @@ class LogMelFrontend(nn.Module):
             "mel_filterbank", htk_mel_filterbank(self.n_freqs, f_min, f_max, n_mels, sample_rate), persistent=False
         )
 
+    @classmethod
+    def from_config(cls, cfg) -> "LogMelFrontend":
+        """From an architecture config's fields of the same names (spectrogram_frames = num_frames)."""
+        return cls(
+            sample_rate=cfg.sample_rate,
+            n_fft=cfg.n_fft,
+            win_length=cfg.win_length,
+            hop_length=cfg.hop_length,
+            n_mels=cfg.n_mels,
+            num_frames=cfg.spectrogram_frames,
+            f_min=cfg.f_min,
+            f_max=cfg.f_max,
+            log_eps=cfg.log_eps,
+            window=cfg.window,
+        )
+
     def forward(self, pcm: Tensor) -> Tensor:
         pad = self.n_fft // 2
         x = F.pad(pcm.unsqueeze(1), (pad, pad), mode="reflect")  # centre frames like torch.stft
@@ -171,6 +187,11 @@ class SpecAugment(nn.Module):
     example's mean log-mel (a "neutral" value; 0 would be a loud log-power of 1). Identity in
     eval mode, so it never appears in an exported graph.
     """
+
+    @classmethod
+    def from_config(cls, cfg) -> "SpecAugment":
+        """From an architecture config's specaug_* fields."""
+        return cls(cfg.specaug_time_width, cfg.specaug_freq_width, cfg.specaug_time_masks, cfg.specaug_freq_masks)
 
     def __init__(self, max_time_width: int, max_freq_width: int, num_time_masks: int = 1, num_freq_masks: int = 1):
         super().__init__()

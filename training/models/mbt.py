@@ -39,7 +39,7 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from .base import AUDIO, AUDIO_ONLY, AUDIO_VIDEO, VIDEO, VIDEO_ONLY, AVClassifier, AVConfig, Presence
+from .base import AUDIO, AUDIO_ONLY, AUDIO_VIDEO, VIDEO, VIDEO_ONLY, AVClassifier, AVConfig, PatchGrid, Presence
 from .layers import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -60,7 +60,7 @@ FUSIONS = ("bottleneck", "cross_attention")
 
 
 @dataclasses.dataclass
-class MBTConfig(AVConfig):
+class MBTConfig(PatchGrid, AVConfig):
     """MBT hyper-parameters. Defaults are the paper's final model (mbt_vit_b16, Sec. 4.4:
     "bottleneck fusion with t = 8, B = 4, F_l = 8 and modality mixup") on AudioSet."""
 
@@ -115,18 +115,8 @@ class MBTConfig(AVConfig):
             raise ValueError(f"fusion_layer {self.fusion_layer} outside [0, depth={self.depth}]")
         if self.n_bottlenecks < 0:
             raise ValueError("n_bottlenecks must be >= 0")
-        for name in ("spectrogram_frames", "n_mels", "image_size"):
-            if getattr(self, name) % self.patch_size:
-                raise ValueError(f"{name}={getattr(self, name)} is not a multiple of patch_size={self.patch_size}")
+        self.check_patch_grid()
         self.pixel_mean, self.pixel_std = tuple(self.pixel_mean), tuple(self.pixel_std)
-
-    @property
-    def num_audio_patches(self) -> int:
-        return (self.spectrogram_frames // self.patch_size) * (self.n_mels // self.patch_size)
-
-    @property
-    def num_video_patches(self) -> int:
-        return self.num_frames * (self.image_size // self.patch_size) ** 2
 
     @property
     def num_fused_layers(self) -> int:
@@ -145,21 +135,8 @@ class MBT(AVClassifier):
         super().__init__()
         self.config = cfg = config
 
-        self.log_mel = LogMelFrontend(
-            sample_rate=cfg.sample_rate,
-            n_fft=cfg.n_fft,
-            win_length=cfg.win_length,
-            hop_length=cfg.hop_length,
-            n_mels=cfg.n_mels,
-            num_frames=cfg.spectrogram_frames,
-            f_min=cfg.f_min,
-            f_max=cfg.f_max,
-            log_eps=cfg.log_eps,
-            window=cfg.window,
-        )
-        self.spec_augment = SpecAugment(
-            cfg.specaug_time_width, cfg.specaug_freq_width, cfg.specaug_time_masks, cfg.specaug_freq_masks
-        )
+        self.log_mel = LogMelFrontend.from_config(cfg)
+        self.spec_augment = SpecAugment.from_config(cfg)
         self.pixel_norm = PixelNormalizer(cfg.pixel_mean, cfg.pixel_std)
 
         # Eq. 1 per modality: [z_cls, E x_1 .. E x_N] + p, with its own E, z_cls and p.
@@ -202,8 +179,7 @@ class MBT(AVClassifier):
         return (AUDIO_VIDEO, AUDIO_ONLY, VIDEO_ONLY)
 
     def heads_for(self, modalities: frozenset[str]) -> tuple[str, ...]:
-        if frozenset(modalities) not in self.servable_modalities:
-            raise ValueError(f"{sorted(modalities)} not servable; servable: {[sorted(m) for m in self.servable_modalities]}")
+        self.servable(modalities)
         return self.head_names
 
     @property

@@ -21,7 +21,7 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from .base import AUDIO, AUDIO_ONLY, AUDIO_VIDEO, VIDEO, VIDEO_ONLY, AVClassifier, AVConfig, Presence
+from .base import AUDIO, AUDIO_ONLY, AUDIO_VIDEO, VIDEO, VIDEO_ONLY, AVClassifier, AVConfig, PatchGrid, Presence
 from .layers import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -79,7 +79,7 @@ PURE_MASKS = frozenset({"zorro", "two_streams"})
 
 
 @dataclasses.dataclass
-class ZorroConfig(AVConfig):
+class ZorroConfig(PatchGrid, AVConfig):
     """Zorro-ViT hyper-parameters. Defaults are the paper's ViT-B/16 (zorro_vit_b16)."""
 
     # --- input (AVConfig fields, paper values) ---
@@ -94,6 +94,7 @@ class ZorroConfig(AVConfig):
     win_length: int = 1200  # App. B: "Hanning windows of length 1200 samples" (25 ms)
     hop_length: int = 480  # App. B: "stride 480" (10 ms -> 100 frames/s)
     n_fft: int = 1200  # not in the paper: = win_length (torchaudio's convention when unset)
+    window: str = "hann"  # App. B: "Hanning windows"
     f_min: float = 0.0  # not in the paper: torchaudio default
     f_max: float | None = None  # not in the paper: None = Nyquist (torchaudio default)
     log_eps: float = 1e-6  # not in the paper: log(mel + eps) floor
@@ -142,9 +143,7 @@ class ZorroConfig(AVConfig):
             raise ValueError(f"fusion_mask {self.fusion_mask!r} not in {sorted(SELF_ATTENTION_MASKS)}")
         if self.attention_impl not in ("grouped", "dense"):
             raise ValueError(f"attention_impl {self.attention_impl!r} must be 'grouped' or 'dense'")
-        for name in ("spectrogram_frames", "n_mels", "image_size"):
-            if getattr(self, name) % self.patch_size:
-                raise ValueError(f"{name}={getattr(self, name)} is not a multiple of patch_size={self.patch_size}")
+        self.check_patch_grid()
         if not 0 <= self.fusion_start_layer < self.depth:
             raise ValueError(f"fusion_start_layer {self.fusion_start_layer} outside [0, depth={self.depth})")
         if self.uses_fusion_tokens and self.n_fusion < 1:
@@ -155,13 +154,6 @@ class ZorroConfig(AVConfig):
     def uses_fusion_tokens(self) -> bool:
         return FUSION in SELF_ATTENTION_MASKS[self.fusion_mask]
 
-    @property
-    def num_audio_tokens(self) -> int:
-        return (self.spectrogram_frames // self.patch_size) * (self.n_mels // self.patch_size)
-
-    @property
-    def num_video_tokens(self) -> int:
-        return self.num_frames * (self.image_size // self.patch_size) ** 2
 
 
 class ZorroViT(AVClassifier):
@@ -179,29 +171,17 @@ class ZorroViT(AVClassifier):
         self.groups = tuple(g for g in SEQUENCE_ORDER if g in self.attends_to)
 
         # Audio: PCM -> log-mel [B, T, n_mels] -> (train-only augmentation) -> 16x16 patches.
-        self.log_mel = LogMelFrontend(
-            sample_rate=cfg.sample_rate,
-            n_fft=cfg.n_fft,
-            win_length=cfg.win_length,
-            hop_length=cfg.hop_length,
-            n_mels=cfg.n_mels,
-            num_frames=cfg.spectrogram_frames,
-            f_min=cfg.f_min,
-            f_max=cfg.f_max,
-            log_eps=cfg.log_eps,
-        )
+        self.log_mel = LogMelFrontend.from_config(cfg)
         self.freq_jitter = FrequencyJitter(cfg.freq_jitter_bins)
-        self.spec_augment = SpecAugment(
-            cfg.specaug_time_width, cfg.specaug_freq_width, cfg.specaug_time_masks, cfg.specaug_freq_masks
-        )
+        self.spec_augment = SpecAugment.from_config(cfg)
         self.audio_patch_embed = PatchEmbed2d(1, cfg.dim, cfg.patch_size)
-        self.audio_pos_embed = LearnedPositionEmbedding(cfg.num_audio_tokens, cfg.dim)
+        self.audio_pos_embed = LearnedPositionEmbedding(cfg.num_audio_patches, cfg.dim)
 
         # Video: per-frame 2D patches (not 3D tubelets, Sec. 3.1 / Fig. 2: 8 x 14 x 14 = 1568 tokens),
         # one learned position per token of the flattened T x H x W grid.
         self.pixel_norm = PixelNormalizer(cfg.pixel_mean, cfg.pixel_std)
         self.video_patch_embed = PatchEmbed2d(3, cfg.dim, cfg.patch_size)
-        self.video_pos_embed = LearnedPositionEmbedding(cfg.num_video_tokens, cfg.dim)
+        self.video_pos_embed = LearnedPositionEmbedding(cfg.num_video_patches, cfg.dim)
 
         # Fusion tokens are learned vectors, so a position embedding on them would be redundant.
         if cfg.uses_fusion_tokens:
@@ -236,9 +216,7 @@ class ZorroViT(AVClassifier):
         return (AUDIO_VIDEO,)  # impure streams: a unimodal graph would not reproduce any head
 
     def heads_for(self, modalities: frozenset[str]) -> tuple[str, ...]:
-        modalities = frozenset(modalities)
-        if modalities not in self.servable_modalities:
-            raise ValueError(f"{sorted(modalities)} not servable; servable: {[sorted(m) for m in self.servable_modalities]}")
+        modalities = self.servable(modalities)
         if modalities == AUDIO_VIDEO:
             return self.head_names
         (modality,) = modalities
