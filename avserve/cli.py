@@ -143,6 +143,10 @@ def train(
     scale_lr: Annotated[bool, typer.Option(help="Multiply the LR by global batch / 256 (Zorro).")] = False,
     label_smoothing: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Label smoothing (default: recipe).")] = None,
     mixup: Annotated[Optional[float], typer.Option(min=0.0, help="Mixup Beta(alpha, alpha); 0 = off (default: recipe).")] = None,
+    modality_mixup: Annotated[
+        Optional[bool],
+        typer.Option("--modality-mixup/--shared-mixup", help="One mixup lambda per modality (MBT) or one for both (default: recipe)."),
+    ] = None,
     grad_clip: Annotated[Optional[float], typer.Option(help="Clip the gradient norm to this value.")] = None,
     workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 2,
     init_from: Annotated[Optional[Path], typer.Option(help="Fine-tune from a run directory (its best.pt) or a .pt file.")] = None,
@@ -183,6 +187,7 @@ def train(
         model=model, data=data, out=out, objective=objective, epochs=epochs, steps=steps, batch_size=batch_size,
         workers=workers, overrides=overrides, recipe=recipe, lr=lr, weight_decay=weight_decay,
         warmup_steps=warmup_steps, scale_lr=scale_lr, label_smoothing=label_smoothing, mixup_alpha=mixup,
+        modality_mixup=modality_mixup,
         grad_clip=grad_clip, init_from=init_from, resume=resume, eval_split=eval_split or None, missing=missing,
         modality_dropout=modality_dropout,
         amp=amp, device=device, seed=seed, eval_every=eval_every, log_every=log_every, progress=progress,

@@ -83,6 +83,7 @@ class TrainConfig:
     scale_lr: bool = False  # multiply the recipe LR by global_batch / 256 (Zorro)
     label_smoothing: float | None = None
     mixup_alpha: float | None = None
+    modality_mixup: bool | None = None  # one mixup lambda per modality (MBT); default: the recipe's
     grad_clip: float | None = None
     init_from: str | Path | None = None
     resume: bool = False
@@ -308,6 +309,7 @@ class Trainer:
                 weight_decay=cfg.weight_decay,
                 label_smoothing=cfg.label_smoothing,
                 mixup_alpha=cfg.mixup_alpha,
+                modality_mixup=cfg.modality_mixup,
             )
         except KeyError as error:
             raise TrainError(error.args[0]) from None

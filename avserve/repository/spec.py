@@ -280,16 +280,19 @@ class _Decoder:
             raise RepositoryError(f"{self.where}: parameter {key}={raw!r} must be positive")
         return value
 
-    def number(self, key: str) -> float | None:
+    def _float(self, key: str) -> float | None:
         raw = self.parameters.get(key, "").strip()
         if not raw:
             return None
         try:
-            value = float(raw)
+            return float(raw)
         except ValueError:
             raise RepositoryError(f"{self.where}: parameter {key}={raw!r} is not a number") from None
-        if not math.isfinite(value) or value <= 0:
-            raise RepositoryError(f"{self.where}: parameter {key}={raw!r} must be a positive number")
+
+    def number(self, key: str) -> float | None:
+        value = self._float(key)
+        if value is not None and (not math.isfinite(value) or value <= 0):
+            raise RepositoryError(f"{self.where}: parameter {key}={self.parameters[key].strip()!r} must be a positive number")
         return value
 
     def choice(self, key: str, allowed: frozenset[str], meaning: str) -> str | None:
@@ -301,15 +304,9 @@ class _Decoder:
         return raw
 
     def fraction(self, key: str) -> float | None:
-        raw = self.parameters.get(key, "").strip()
-        if not raw:
-            return None
-        try:
-            value = float(raw)
-        except ValueError:
-            raise RepositoryError(f"{self.where}: parameter {key}={raw!r} is not a number") from None
-        if not 0.0 <= value <= 1.0:  # also rejects NaN
-            raise RepositoryError(f"{self.where}: parameter {key}={raw!r} must be a fraction in [0, 1]")
+        value = self._float(key)
+        if value is not None and not 0.0 <= value <= 1.0:  # also rejects NaN
+            raise RepositoryError(f"{self.where}: parameter {key}={self.parameters[key].strip()!r} must be a fraction in [0, 1]")
         return value
 
     def modalities(self, inputs: tuple[TensorSpec, ...]) -> frozenset[str]:
