@@ -88,8 +88,11 @@ class CollectedOutputs:
 
 
 @torch.no_grad()
-def collect_outputs(model: torch.nn.Module, loader, device: torch.device, autocast=None) -> CollectedOutputs:
-    """Run `model` over an AVClipDataset loader, keeping every output and the clips' flags."""
+def collect_outputs(model: torch.nn.Module, loader, device: torch.device, autocast=None, presence: bool = True) -> CollectedOutputs:
+    """Run `model` over an AVClipDataset loader, keeping every output and the clips' flags.
+
+    `presence=False` does not tell the model which clips lack an input, so zeros are taken as
+    real input: what an exported audio+video graph does with a zero-filled request."""
     import contextlib
 
     index, target, has_audio, has_video = [], [], [], []
@@ -98,7 +101,7 @@ def collect_outputs(model: torch.nn.Module, loader, device: torch.device, autoca
         audio = batch["audio"].to(device) if "audio" in batch else None
         video = batch["video"].to(device) if "video" in batch else None
         present = None
-        if audio is not None and video is not None:  # a mixed batch: tell the model which clip has what
+        if presence and audio is not None and video is not None:  # a mixed batch: tell the model which clip has what
             present = {"audio": batch["has_audio"].to(device), "video": batch["has_video"].to(device)}
         with autocast() if autocast else contextlib.nullcontext():
             out = model(audio=audio, video=video, present=present)
@@ -120,20 +123,22 @@ def collect_outputs(model: torch.nn.Module, loader, device: torch.device, autoca
 ROUTES = {"av": ("audio", "video"), "audio": ("audio",), "video": ("video",)}
 
 
-def evaluate_run(
+def run_outputs(
     run_dir: str | Path,
     data: str | Path,
     split: str = "test",
+    route: str | None = None,
+    zero_fill: bool = False,
     batch_size: int = 32,
     workers: int = 0,
-    route: str | None = None,
-) -> dict[str, Any]:
-    """Score a finished run's best checkpoint on one split of a dataset.
+):
+    """(model, run info, CollectedOutputs) of a finished run's best checkpoint on one split.
 
-    `route` scores one serving route on every clip that has its modalities, the others removed:
-    "audio" runs each clip with an audio track as an audio-only request (the <family>_audio
-    graph's computation), "video" likewise, "av" only the clips with both. Default: every clip
-    as it is (unimodal files as unimodal requests).
+    `route` keeps every clip that has that route's modalities and removes the others: "audio" runs
+    each clip with an audio track as an audio-only request (the <family>_audio graph's
+    computation), "video" likewise, "av" only the clips with both. `zero_fill` instead feeds the
+    removed modality as zeros to the audio+video model (what a family without unimodal graphs
+    would serve). Default: every clip as it is (unimodal files as unimodal requests).
     """
     from training.checkpoint import load_run
     from training.data.dataset import AVClipDataset, EpochSampler, Preprocessing, collate
@@ -146,12 +151,13 @@ def evaluate_run(
     selected = records.split(split)
     if not selected.records:
         raise DatasetError(f"split {split!r} of {data} is empty")
-    modalities = sorted(max((frozenset(m) for m in model.servable_modalities), key=len))
+    servable = {frozenset(m) for m in model.servable_modalities}
+    modalities = sorted(max(servable, key=len))
     missing = "zero"
     if route is not None:
         if route not in ROUTES:
             raise ValueError(f"route must be one of {', '.join(ROUTES)}, not {route!r}")
-        if frozenset(ROUTES[route]) not in {frozenset(m) for m in model.servable_modalities}:
+        if frozenset(ROUTES[route]) not in servable and not zero_fill:
             raise DatasetError(f"{run_dir}: the model does not serve {route} requests")
         modalities, missing = list(ROUTES[route]), "skip"
     dataset = AVClipDataset(
@@ -167,14 +173,39 @@ def evaluate_run(
         raise DatasetError(f"split {split!r} of {data} has no clip with the modalities {modalities}")
     sampler = EpochSampler(len(dataset), shuffle=False, seed=0, num_replicas=1, rank=0, drop_last=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate)
-    outputs = collect_outputs(model, loader, torch.device("cpu"))
+    if zero_fill:
+        loader = (_zero_filled(batch, model.config) for batch in loader)
+    return model, info, collect_outputs(model, loader, torch.device("cpu"), presence=not zero_fill)
+
+
+def _zero_filled(batch: dict, config: Any) -> dict:
+    """A batch with the absent input added as zeros; its flags stay False (scoring is unchanged)."""
+    size = batch["target"].shape[0]
+    if "audio" not in batch:
+        batch = {**batch, "audio": torch.zeros(size, config.clip_samples)}
+    if "video" not in batch:
+        shape = (size, config.num_frames, config.image_size, config.image_size, 3)
+        batch = {**batch, "video": torch.zeros(shape, dtype=torch.uint8)}
+    return batch
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data: str | Path,
+    split: str = "test",
+    batch_size: int = 32,
+    workers: int = 0,
+    route: str | None = None,
+) -> dict[str, Any]:
+    """Score a finished run's best checkpoint on one split (see `run_outputs` for `route`)."""
+    model, info, outputs = run_outputs(run_dir, data, split, route=route, batch_size=batch_size, workers=workers)
     result = {
         "run": str(run_dir),
         "checkpoint": info.checkpoint,
         "step": info.step,
         "split": split,
         "route": route or "as-is",
-        "num_clips": len(dataset),
+        "num_clips": len(outputs.target),
     }
     result.update(score_outputs(model, outputs.logits, outputs.target, outputs.has_audio, outputs.has_video, info.multilabel))
     return result

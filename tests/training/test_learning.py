@@ -1,4 +1,4 @@
-"""End to end: the tiny Zorro learns the synthetic task the way the paper's design predicts.
+"""End to end: the tiny Zorro and the tiny MBT learn the synthetic task the way their designs predict.
 
 The synthetic label is audio factor x video factor (docs/synthetic-data.md), so the audio head
 cannot beat 1/3 and the video head 1/4 on held-out clips, while the averaged prediction on
@@ -43,3 +43,31 @@ def test_tiny_zorro_fuses_past_the_unimodal_ceilings(learning_set, tmp_path):
     # more than sampling noise (a higher score would mean the other modality leaked in).
     assert CHANCE_ACCURACY < heads["audio"] <= audio_ceiling + 0.15, heads
     assert CHANCE_ACCURACY < heads["video"] <= video_ceiling + 0.15, heads
+
+
+def test_tiny_mbt_fuses_and_answers_from_either_modality_alone(learning_set, tmp_path):
+    """MBT has no modality-pure head; trained with modality dropout (and the set's unimodal
+    files), its single-stream graphs must still get everything their modality can tell."""
+    from training.data.synth import factor_scores
+    from training.evaluate import evaluate_run, run_outputs
+    from training.trainer import TrainConfig, Trainer
+
+    run_dir = tmp_path / "mbt"
+    Trainer(
+        TrainConfig(
+            model="mbt_tiny", data=learning_set, out=run_dir, steps=240, batch_size=16, lr=1e-3,
+            workers=0, progress=False, eval_every=80, seed=0, modality_dropout=0.3,
+        )
+    ).fit()  # fmt: skip
+    fused = evaluate_run(run_dir, learning_set, split="test", route="av")["average"]["top1"]
+    assert fused > max(ACCURACY_CEILINGS["audio"], ACCURACY_CEILINGS["video"]) + 0.2, fused
+    print(f"mbt_tiny, 240 steps: audio+video top-1 {fused:.3f}")
+    for modality in ("audio", "video"):
+        _, info, outputs = run_outputs(run_dir, learning_set, split="test", route=modality)
+        logits = outputs.logits["logits"]
+        top1 = float((logits.argmax(1) == outputs.target.argmax(1) if outputs.target.ndim == 2 else logits.argmax(1) == outputs.target).mean())
+        factor = factor_scores(logits, outputs.target, info.classes, modality)
+        # right sound (shape) on nearly every clip, and no more than the ceiling plus noise in top-1
+        print(f"  {modality} alone: top-1 {top1:.3f}, factor {factor}")
+        assert factor["accuracy"] >= 0.85 and factor["mass"] >= 0.75, (modality, factor)
+        assert CHANCE_ACCURACY < top1 <= ACCURACY_CEILINGS[modality] + 0.15, (modality, top1)

@@ -1,5 +1,7 @@
 import json
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -157,7 +159,7 @@ def test_modality_dropout_is_validated(tiny_train):
 
 def test_evaluate_a_single_route_on_every_clip_that_has_its_inputs(tiny_train, synth_dir):
     from training.data.records import load_records
-    from training.evaluate import evaluate_run
+    from training.evaluate import evaluate_run, run_outputs
 
     cfg = tiny_train(steps=2, eval_split=None)
     Trainer(cfg).fit()
@@ -171,3 +173,11 @@ def test_evaluate_a_single_route_on_every_clip_that_has_its_inputs(tiny_train, s
     assert set(both["by_modalities"]) == {"audio+video"}
     with pytest.raises(ValueError, match="route"):
         evaluate_run(cfg.out, synth_dir, split="test", route="text")
+
+    # zero-filled: the audio+video model on the same clips with zeros for video (all four heads)
+    model, _, alone = run_outputs(cfg.out, synth_dir, split="test", route="audio")
+    _, _, zeros = run_outputs(cfg.out, synth_dir, split="test", route="audio", zero_fill=True)
+    assert set(alone.logits) == {"audio", "logits"} and set(zeros.logits) == {*model.head_names, "logits"}
+    np.testing.assert_array_equal(zeros.logits["audio"], alone.logits["audio"])  # Zorro's audio head is pure
+    assert not np.allclose(zeros.logits["logits"], alone.logits["logits"])
+    assert not zeros.has_video.any()
