@@ -41,3 +41,17 @@ def wait_until_no_uploads(gateway, timeout: float = 10.0) -> list[Path]:
     while gateway.leftover_uploads() and time.monotonic() < deadline:
         time.sleep(0.05)
     return gateway.leftover_uploads()
+
+
+def wait_until_ready(gateway, timeout: float = 60.0):
+    """A gateway on the Triton backend connects in the background (and retries); tests that
+    need answers wait for /readyz instead of racing the first connection on a loaded machine."""
+    deadline = time.monotonic() + timeout
+    with gateway.client() as client:
+        while True:
+            response = client.get("/readyz")
+            if response.status_code == 200:
+                return gateway
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gateway not ready after {timeout:.0f} s: {response.text}")
+            time.sleep(0.2)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from gateway_helpers import FAMILY as ZORRO
-from gateway_helpers import NUM_LABELS, post_clip, scores
+from gateway_helpers import NUM_LABELS, post_clip, scores, wait_until_ready
 
 from avserve.media import decode_audio, decode_video
 from avserve.repository import load_model_spec, read_model_config, write_model_config
@@ -76,7 +76,7 @@ def mixed_triton(gateway_factory, mixed_repository) -> Iterator:
     """One real tritonserver for the module, serving both families, and a gateway in front."""
     triton = LocalTriton(mixed_repository, http_port=0, grpc_port=0, metrics_port=0, startup_timeout=180).start()
     try:
-        yield gateway_factory(backend="triton", triton_url=triton.grpc_url, request_timeout_seconds=30)
+        yield wait_until_ready(gateway_factory(backend="triton", triton_url=triton.grpc_url, request_timeout_seconds=30))
     finally:
         triton.stop()
 

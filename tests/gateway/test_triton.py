@@ -11,7 +11,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from gateway_helpers import FAMILY, NUM_LABELS, assert_error, post_clip, scores, wait_until_no_uploads
+from gateway_helpers import FAMILY, NUM_LABELS, assert_error, post_clip, scores, wait_until_no_uploads, wait_until_ready
 
 from avserve.triton import LocalTriton
 
@@ -24,7 +24,7 @@ def start_triton(repository, grpc_port: int = 0) -> LocalTriton:
 def triton_stack(zorro_repository, gateway_factory):
     repository, _ = zorro_repository
     triton = start_triton(repository)
-    gateway = gateway_factory(backend="triton", triton_url=triton.grpc_url, request_timeout_seconds=20)
+    gateway = wait_until_ready(gateway_factory(backend="triton", triton_url=triton.grpc_url, request_timeout_seconds=20))
     state = {"triton": triton}
     yield gateway, state, repository
     state["triton"].stop()
