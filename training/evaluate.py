@@ -87,11 +87,19 @@ class CollectedOutputs:
     logits: dict[str, np.ndarray]
 
 
+def presence(audio, video, has_audio: torch.Tensor, has_video: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor] | None:
+    """The model's per-clip `present` masks for a batch (training/models/base.py, "Mixed
+    batches"); None unless both inputs are given, since only then can a clip lack one."""
+    if audio is None or video is None:
+        return None
+    return {"audio": has_audio.to(device), "video": has_video.to(device)}
+
+
 @torch.no_grad()
-def collect_outputs(model: torch.nn.Module, loader, device: torch.device, autocast=None, presence: bool = True) -> CollectedOutputs:
+def collect_outputs(model: torch.nn.Module, loader, device: torch.device, autocast=None, use_presence: bool = True) -> CollectedOutputs:
     """Run `model` over an AVClipDataset loader, keeping every output and the clips' flags.
 
-    `presence=False` does not tell the model which clips lack an input, so zeros are taken as
+    `use_presence=False` does not tell the model which clips lack an input, so zeros are taken as
     real input: what an exported audio+video graph does with a zero-filled request."""
     import contextlib
 
@@ -100,9 +108,7 @@ def collect_outputs(model: torch.nn.Module, loader, device: torch.device, autoca
     for batch in loader:
         audio = batch["audio"].to(device) if "audio" in batch else None
         video = batch["video"].to(device) if "video" in batch else None
-        present = None
-        if presence and audio is not None and video is not None:  # a mixed batch: tell the model which clip has what
-            present = {"audio": batch["has_audio"].to(device), "video": batch["has_video"].to(device)}
+        present = presence(audio, video, batch["has_audio"], batch["has_video"], device) if use_presence else None
         with autocast() if autocast else contextlib.nullcontext():
             out = model(audio=audio, video=video, present=present)
         for key, value in out.items():
@@ -175,7 +181,7 @@ def run_outputs(
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate)
     if zero_fill:
         loader = (_zero_filled(batch, model.config) for batch in loader)
-    return model, info, collect_outputs(model, loader, torch.device("cpu"), presence=not zero_fill)
+    return model, info, collect_outputs(model, loader, torch.device("cpu"), use_presence=not zero_fill)
 
 
 def _zero_filled(batch: dict, config: Any) -> dict:

@@ -69,7 +69,7 @@ def classification_metrics(scores: np.ndarray, target: np.ndarray, multilabel: b
     sigmoid for multi-label; pass logits and set `multilabel` accordingly).
     """
     scores = np.asarray(scores, dtype=np.float64)
-    probs = _sigmoid(scores) if multilabel else _softmax(scores)
+    probs = _sigmoid(scores) if multilabel else softmax(scores)
     return {
         "top1": topk_accuracy(scores, target, 1),
         "top5": topk_accuracy(scores, target, 5),
@@ -78,7 +78,8 @@ def classification_metrics(scores: np.ndarray, target: np.ndarray, multilabel: b
     }
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
+def softmax(x: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of logits [N, C]."""
     x = x - x.max(axis=1, keepdims=True)
     e = np.exp(x)
     return e / e.sum(axis=1, keepdims=True)

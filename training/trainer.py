@@ -55,7 +55,7 @@ from training import checkpoint as ckpt
 from training import distributed as D
 from training.augment import VideoAugmentConfig, drop_modalities, mixup
 from training.losses import ContrastiveProjectors, contrastive_loss, smooth_targets, supervised_loss
-from training.evaluate import collect_outputs, score_outputs, valid_head_masks
+from training.evaluate import collect_outputs, presence, score_outputs, valid_head_masks
 from training.optim import Schedule, build_optimizer, build_scheduler, default_recipe, effective_lr, resolve_recipe, warmup_steps_for
 
 OBJECTIVES = ("supervised", "contrastive")
@@ -466,12 +466,6 @@ class Trainer:
         masks = valid_head_masks(self.model, has_audio.numpy(), has_video.numpy())
         return {h: torch.from_numpy(m).to(self.device) for h, m in masks.items()}
 
-    def _present(self, audio, video, has_a: torch.Tensor, has_v: torch.Tensor) -> dict[str, torch.Tensor] | None:
-        """Per-clip presence for a mixed batch (only meaningful when both inputs are given)."""
-        if audio is None or video is None:
-            return None
-        return {"audio": has_a.to(self.device), "video": has_v.to(self.device)}
-
     def _inputs(self, batch: dict[str, torch.Tensor]):
         audio = batch["audio"].to(self.device, non_blocking=True) if "audio" in batch else None
         video = batch["video"].to(self.device, non_blocking=True) if "video" in batch else None
@@ -518,7 +512,7 @@ class Trainer:
                 logs["modality_dropped"] = dropped.dropped
             valid = self._valid_masks(has_a, has_v)
             with self._autocast():
-                out = self.ddp(audio=audio, video=video, present=self._present(audio, video, has_a, has_v))
+                out = self.ddp(audio=audio, video=video, present=presence(audio, video, has_a, has_v, self.device))
             loss, per_head = supervised_loss(out, target, self.head_names, self.multilabel, valid)
             logs.update({f"loss/{k}": float(v.detach()) for k, v in per_head.items()})
         self.optimizer.zero_grad(set_to_none=True)

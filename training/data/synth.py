@@ -74,6 +74,8 @@ import numpy as np
 from av.codec.context import Flags
 from tqdm import tqdm
 
+from training.metrics import softmax
+
 AUDIO_FACTORS: tuple[str, ...] = ("lowtone", "hightone", "bursts", "chirp")
 VIDEO_FACTORS: tuple[str, ...] = ("red_disc", "green_square", "blue_triangle")
 # Audio-major order: class index = audio_index * len(VIDEO_FACTORS) + video_index.
@@ -127,8 +129,7 @@ def factor_scores(logits: np.ndarray, target: np.ndarray, classes: Sequence[str]
     index = {"audio": 0, "video": 1}[modality]
     truth = target.argmax(1) if target.ndim == 2 else target
     names = np.array([split_class_name(c)[index] for c in classes])
-    probabilities = np.exp(logits - logits.max(1, keepdims=True))
-    probabilities /= probabilities.sum(1, keepdims=True)
+    probabilities = softmax(logits)
     right = names[None, :] == names[truth][:, None]  # [N, C]: the classes that share the clip's factor
     return {
         "accuracy": float(np.mean(names[logits.argmax(1)] == names[truth])),
