@@ -6,8 +6,8 @@ picked by which tracks the clip has (Zorro's forward takes audio=None / video=No
 request holds one lock from spooling to answer, as a plain `def` endpoint with a global model
 usually ends up: no batching, no overlap of decoding and inference.
 
-    .venv/bin/python loadtests/baseline_server.py --checkpoint runs/zorro_tiny_sup --port 8090
-    .venv/bin/python loadtests/baseline_server.py --preset zorro_tiny --num-classes 12 --state-dict sd.pt --port 8090
+    .venv/bin/python -m loadtests.baseline_server --checkpoint runs/zorro_tiny_sup --port 8090
+    .venv/bin/python -m loadtests.baseline_server --preset zorro_tiny --num-classes 12 --state-dict sd.pt --port 8090
 
 Lives under loadtests/ (it imports torch and training, which avserve/ never does).
 """
@@ -15,13 +15,10 @@ Lives under loadtests/ (it imports torch and training, which avserve/ never does
 
 import argparse
 import shutil
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def build_app(model, labels: list[str]):

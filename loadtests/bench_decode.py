@@ -9,7 +9,7 @@ one with a single keyframe (long GOP), then reports the median wall time of:
   all + RGB      decode every frame and convert it to an RGB array, as a naive loader
                  (e.g. torchvision.io.read_video) does
 
-Run:  .venv/bin/python loadtests/bench_decode.py [--repeats 7]
+Run:  .venv/bin/python -m loadtests.bench_decode [--repeats 7]
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ then times each graph in onnxruntime at batch 1 and batch 8. Repetitions of the 
 interleaved, so the machine's noise hits all of them alike, and results are reported as
 ratios to the `_av` graph measured in the same run.
 
-    .venv/bin/python loadtests/bench_graphs.py                       # zorro_tiny
-    .venv/bin/python loadtests/bench_graphs.py --preset zorro_vit_b16 --batches 1 --repeats 3
+    .venv/bin/python -m loadtests.bench_graphs                       # zorro_tiny
+    .venv/bin/python -m loadtests.bench_graphs --preset zorro_vit_b16 --batches 1 --repeats 3
 """
 
 from __future__ import annotations

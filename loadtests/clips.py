@@ -2,20 +2,18 @@
 
 Clips with both tracks, audio-only and video-only files, at a few frame sizes and lengths,
 written with PyAV (no system ffmpeg). Importing this needs only numpy and PyAV, so the
-separate locust environment (.venv-loadtest) can use it too.
+separate locust environment (.venv-loadtest) can use it too: locust puts its working directory
+on sys.path, so run from the repo root there (avserve is not installed in that environment).
 
     clips = make_clips(Path("/tmp/clips"))     # -> [Clip(name, path, route, weight), ...]
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: avserve.media.synthetic
-
-from avserve.media.synthetic import AudioTrack, VideoTrack, write_clip  # noqa: E402
+from avserve.media.synthetic import AudioTrack, VideoTrack, write_clip
 
 ROUTES = ("av", "audio", "video")
 

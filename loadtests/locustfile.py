@@ -3,6 +3,8 @@
 Clips with both tracks, audio-only and video-only files, at several frame sizes and lengths
 (loadtests/clips.py), weighted as in the bench. Runs in its own environment (locust's
 geventhttpclient pin conflicts with tritonclient's): scripts/setup.sh creates .venv-loadtest.
+Run it from the repo root: locust puts its working directory on sys.path, which is how
+`loadtests.clips` and `avserve.media` import there (that environment does not install avserve).
 
     .venv-loadtest/bin/locust -f loadtests/locustfile.py --headless -u 8 -r 4 -t 60s \
         --host http://127.0.0.1:8080 --csv /tmp/avserve --json
@@ -27,9 +29,7 @@ from pathlib import Path
 
 from locust import HttpUser, between, events, task
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from clips import ROUTES, make_clips  # noqa: E402
+from loadtests.clips import ROUTES, make_clips
 
 CLIPS_DIR = Path(os.environ.get("AVSERVE_CLIPS") or Path.home() / ".cache" / "avserve-bench" / "clips")
 SELECTED = tuple(r.strip() for r in os.environ.get("AVSERVE_ROUTES", ",".join(ROUTES)).split(",") if r.strip())

@@ -1,7 +1,7 @@
 """Start the avserve gateway for a benchmark, with knobs `avserve serve` does not expose.
 
-    .venv/bin/python loadtests/serve_gateway.py --repository REPO --port 8080 [--no-micro-batching]
-    .venv/bin/python loadtests/serve_gateway.py --backend triton --triton-url 127.0.0.1:8001 --port 8080
+    .venv/bin/python -m loadtests.serve_gateway --repository REPO --port 8080 [--no-micro-batching]
+    .venv/bin/python -m loadtests.serve_gateway --backend triton --triton-url 127.0.0.1:8001 --port 8080
 
 `--no-micro-batching` sets `EmbeddedSettings.micro_batching=False` (every request runs alone
 in onnxruntime): the "off" side of the micro-batching comparison. Everything else is the
@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> None:

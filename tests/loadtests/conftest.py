@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -10,13 +9,10 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "loadtests"))
-
 
 @pytest.fixture(scope="session")
 def clip_dir(tmp_path_factory) -> Path:
-    from clips import make_clips
+    from loadtests.clips import make_clips
 
     directory = tmp_path_factory.mktemp("loadtest_clips")
     make_clips(directory)
@@ -25,16 +21,13 @@ def clip_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def gateway_url(zorro_repository, tmp_path_factory) -> Iterator[str]:
-    import socket
-
     import uvicorn
 
     from avserve.gateway import GatewaySettings, create_app
+    from avserve.processes import free_ports
 
     repository, _ = zorro_repository
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_ports(1)[0]
     settings = GatewaySettings(repository=repository, upload_dir=tmp_path_factory.mktemp("uploads"), log_format="text",
                                log_level="WARNING")
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))

@@ -1,27 +1,30 @@
-"""The bench's load generators and report, on a real gateway, CI-sized."""
+"""The bench's load generators, servers and report, on a real gateway, CI-sized."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_closed_and_fixed_rate_runs_against_a_real_gateway(gateway_url, clip_dir):
-    import bench
-    from clips import make_clips
+    from loadtests.clips import make_clips
+    from loadtests.targets import HttpTarget, closed_loop, fixed_rate
 
     clips = make_clips(clip_dir)
 
     async def go():
-        target = bench.HttpTarget("gateway", gateway_url, clips)
+        target = HttpTarget("gateway", gateway_url, clips)
         try:
-            closed = await bench.closed_loop(target, clips, 2, 2.0)
-            rate = await bench.fixed_rate(target, clips, 4.0, 2.0)
+            closed = await closed_loop(target, clips, 2, 2.0)
+            rate = await fixed_rate(target, clips, 4.0, 2.0)
         finally:
             await target.close()
         return closed.summary(), rate.summary()
@@ -35,8 +38,48 @@ def test_closed_and_fixed_rate_runs_against_a_real_gateway(gateway_url, clip_dir
     assert set(closed["routes"]) <= {"av", "audio", "video"} and closed["routes"]
 
 
+def test_server_runs_a_loadtests_module_and_stops_its_process_group(zorro_repository, tmp_path):
+    """The bench's gateway as it starts it: `python -m loadtests.serve_gateway`, ready on /readyz,
+    stopped for good (avserve.processes); a server that exits early fails with its log."""
+    import httpx
+
+    from loadtests.servers import Server
+
+    repository, _ = zorro_repository
+    server = Server.start_module("gateway", "loadtests.serve_gateway", tmp_path / "gateway.log",
+                                 "--repository", str(repository))
+    try:
+        assert httpx.get(server.url + "/readyz", timeout=10).status_code == 200
+    finally:
+        server.stop()
+    assert server.process.poll() is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(server.process.pid, 0)  # nothing of its group is left
+
+    with pytest.raises(RuntimeError, match="(?s)broken exited.*--no-such-flag"):
+        Server.start_module("broken", "loadtests.serve_gateway", tmp_path / "broken.log", "--no-such-flag")
+
+
+def _tables(markdown: str) -> dict[str, list[list[str]]]:
+    """Each `## section`'s table body rows (header and separator dropped) as lists of cells."""
+    tables: dict[str, list[list[str]]] = {}
+    section = None
+    for line in markdown.splitlines():
+        if line.startswith("## "):
+            section = line[3:]
+            tables[section] = []
+        elif section and line.startswith("|"):
+            tables[section].append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return {name: rows[2:] for name, rows in tables.items()}
+
+
 def test_report_ratios_markdown_and_plot(tmp_path):
-    import bench
+    """bench.json holds the whole report, bench.md one table row per ratio / run / route with the
+    right numbers, bench.png is a real latency-vs-throughput plot."""
+    import numpy as np
+    from matplotlib import image
+
+    from loadtests.report import compute_ratios, write_report
 
     def run(target, mode, load, throughput, p50, routes=None):
         stats = {"requests": 10, "ok": 10, "error_ratio": 0.0, "throughput": throughput, "p50_ms": p50, "p95_ms": p50 * 2,
@@ -51,11 +94,12 @@ def test_report_ratios_markdown_and_plot(tmp_path):
         runs.append(run(target, "rate", 6.0, 6.0, 2000 / speed))
     for route, speed in (("av", 10), ("audio", 30), ("video", 20)):
         runs.append(run(f"gateway-embedded[{route}]", "closed", 4, speed, 100 / speed))
+    runs[1]["all"]["error_ratio"] = 0.25  # gateway-embedded, closed, 4 (its route entry is the same dict)
     report = {"runs": runs, "settings": {"concurrency": [1, 4], "seconds": 1}, "started": "now", "wall_seconds": 1,
               "machine": {"cpus": 2}, "flops_per_clip": {"av": 2e8, "audio": 1e8, "video": 7e7},
               "matmul_peak_flops": 5e10, "graph_only": {"flops_per_s": 2e10, "batch": 8, "batch1_ms": {"av": 4.0, "audio": 2.0, "video": 1.0}, "av_batch_clips_per_s": 400.0, "av_batch1_clips_per_s": 250.0},
               "model": {"family": "zorro_tiny", "parameters": 1e6, "checkpoint": None, "preset": "zorro_tiny"}}
-    ratios = bench.compute_ratios(report)
+    ratios = compute_ratios(report)
     comparisons = {r["comparison"] for r in ratios}
     assert comparisons == {
         "avserve vs FastAPI + PyTorch eager", "gateway (Triton backend) vs Triton direct",
@@ -66,12 +110,54 @@ def test_report_ratios_markdown_and_plot(tmp_path):
     assert eager["ratio"] == 4.0 and eager["avserve_ahead"]
     direct = next(r for r in ratios if "Triton direct" in r["comparison"] and r["metric"].startswith("peak"))
     assert direct["ratio"] == 0.25 and not direct["avserve_ahead"]
+    assert report["gateway_flops_per_s"] == 20 * 2e8  # the best gateway run's req/s per route x FLOPs per clip
     report["ratios"] = ratios
-    bench.write_markdown(report, tmp_path / "bench.md")
-    bench.write_plot(report, tmp_path / "bench.png")
-    assert "| micro-batching on vs off |" in (tmp_path / "bench.md").read_text()
-    assert (tmp_path / "bench.png").stat().st_size > 10_000
-    json.dumps(report)
+
+    paths = write_report(report, tmp_path / "out")
+    assert paths == [tmp_path / "out" / name for name in ("bench.json", "bench.md", "bench.png")]
+
+    # bench.json: the whole report, every run and ratio, as written
+    written = json.loads(paths[0].read_text())
+    assert written == report
+    assert len(written["runs"]) == 18 and len(written["ratios"]) == len(ratios) == 22
+
+    # bench.md: the title, the model line, and one row per ratio, per run, per route at the top concurrency
+    markdown = paths[1].read_text()
+    assert markdown.startswith("# avserve bench — now\n\nModel: `zorro_tiny` (1.00 M parameters, seeded untrained "
+                               "zorro_tiny); 2 CPUs; 1 s per point; total 1 s.\n")
+    tables = _tables(markdown)
+    assert list(tables) == ["Ratios (ours / theirs)", "Runs", "Per route (closed loop, highest concurrency)"]
+    ratio_rows, run_rows, route_rows = tables.values()
+    assert [row[:2] for row in ratio_rows] == [[r["comparison"], r["metric"]] for r in ratios]
+    for row in (
+        ["avserve vs FastAPI + PyTorch eager", "peak throughput (req/s)", "20.0 (gateway-embedded)", "5.0 (torch-eager)",
+         "4", "yes"],
+        ["avserve vs FastAPI + PyTorch eager", "p99 latency at 6.0 req/s offered (ms)", "300.0 (gateway-embedded)",
+         "1200.0 (torch-eager)", "0.25", "yes"],
+        ["gateway (Triton backend) vs Triton direct", "peak throughput (req/s)", "10.0 (gateway-triton)",
+         "40.0 (triton-direct)", "0.25", "no"],
+        ["gateway (Triton backend) vs Triton direct", "latency without decoding at concurrency 1 (ms)",
+         "2.5 (gateway-triton)", "25.0 (triton-direct)", "0.1", "yes"],
+        ["audio-only vs audio+video requests", "graph FLOPs per clip", "0.10 G (audio-only)", "0.20 G (audio+video)",
+         "0.5", "yes"],
+        ["achieved model FLOP/s vs matmul peak", "gateway end to end (FLOP/s)", "4.00 G (gateway-embedded)",
+         "50.00 G (matmul peak)", "0.08", "no"],
+    ):
+        assert row in ratio_rows, (row, ratio_rows)
+    assert [row[:3] for row in run_rows] == [[r["target"], r["mode"], str(r["load"])] for r in runs]
+    assert ["gateway-embedded", "closed", "4", "20.0", "200", "400", "600", "25.0%", "1.0", "2.0", "0.5"] in run_rows
+    assert ["torch-eager", "rate", "6.0", "6.0", "400", "800", "1200", "0.0%", "1.0", "2.0", "0.5"] in run_rows
+    assert [row[:2] for row in route_rows] == [[r["target"], "av"] for r in runs if r["mode"] == "closed" and r["load"] == 4]
+    assert ["triton-direct", "av", "40.0", "100", "200", "300", "0.0%", "1.0", "2.0", "0.5"] in route_rows
+
+    # bench.png: a real PNG, 8 x 5 in at 110 dpi, with coloured curves on it
+    png = paths[2].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and png[12:16] == b"IHDR", png[:16]
+    assert (int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")) == (880, 550)
+    assert len(png) > 10_000
+    pixels = image.imread(paths[2])[..., :3]
+    coloured = np.ptp(pixels, axis=-1) > 0.3  # not white, grey or black: the targets' lines and markers
+    assert coloured.sum() > 1_000, coloured.sum()
 
 
 def test_cli_bench_help_lists_the_options():
@@ -79,3 +165,11 @@ def test_cli_bench_help_lists_the_options():
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "--checkpoint" in result.stdout and "--quick" in result.stdout
+
+
+def test_bench_runs_as_a_module_from_anywhere(tmp_path):
+    """`python -m loadtests.bench` imports from the installed package, not the working directory."""
+    result = subprocess.run([sys.executable, "-m", "loadtests.bench", "--help"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: avserve bench") and "--quick" in result.stdout

@@ -1,0 +1,157 @@
+"""Load generators and the two ways of driving them.
+
+Targets (each has `name`, `async send(clip) -> (ok, timings_ms | None)` and `async close()`):
+  HttpTarget           POST /classify to a gateway (or the eager baseline) with httpx
+  TritonDirectTarget   tritonclient gRPC straight to Triton with pre-decoded tensors (decode_tensors)
+
+Drivers (each returns a loadtests.stats.RunResult):
+  closed_loop   `concurrency` workers, each sending the next request when the last one answers
+  fixed_rate    open loop: Poisson arrivals at `rate`/s, latency counted from the scheduled arrival
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import numpy as np
+
+from loadtests.clips import Clip
+from loadtests.stats import RunResult, Sample
+
+
+class HttpTarget:
+    def __init__(self, name: str, url: str, clips: list[Clip]):
+        import httpx
+
+        self.name = name
+        self.url = url
+        self.bodies = {c.name: c.path.read_bytes() for c in clips}
+        self.client = httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=256))
+
+    async def send(self, clip: Clip) -> tuple[bool, dict | None]:
+        try:
+            response = await self.client.post("/classify", files={"file": (clip.path.name, self.bodies[clip.name])})
+        except Exception:  # noqa: BLE001 - a transport error is an error sample
+            return False, None
+        if response.status_code != 200:
+            return False, None
+        return True, response.json().get("timings_ms")
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class TritonDirectTarget:
+    """tritonclient gRPC (asyncio) with the clips decoded once, as the gateway would decode them."""
+
+    def __init__(self, name: str, grpc_url: str, family: str, clips: list[Clip], tensors: dict[str, dict]):
+        import tritonclient.grpc.aio as grpcclient
+
+        self.name = name
+        self.grpc = grpcclient
+        self.family = family
+        self.client = grpcclient.InferenceServerClient(grpc_url, channel_args=[
+            ("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)])
+        self.tensors = tensors
+
+    async def send(self, clip: Clip) -> tuple[bool, dict | None]:
+        inputs = []
+        for name, array in self.tensors[clip.name].items():
+            tensor = self.grpc.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32 else "UINT8")
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        began = time.perf_counter()
+        try:
+            await self.client.infer(f"{self.family}_{clip.route}", inputs,
+                                    outputs=[self.grpc.InferRequestedOutput("logits")], client_timeout=30)
+        except Exception:  # noqa: BLE001
+            return False, None
+        ms = (time.perf_counter() - began) * 1000
+        return True, {"upload": 0.0, "probe": 0.0, "decode": 0.0, "inference": ms, "total": ms}
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def decode_tensors(clips: list[Clip], model) -> dict[str, dict]:
+    """Each clip decoded once, as the gateway decodes it, for the Triton-direct client."""
+    from avserve.media import decode_audio, decode_video
+
+    cfg = model.config
+    tensors = {}
+    for clip in clips:
+        inputs = {}
+        if clip.route in ("av", "audio"):
+            pcm = decode_audio(clip.path, sample_rate=cfg.sample_rate, start=0.0, duration=cfg.clip_seconds).samples
+            pcm = np.concatenate([pcm, np.zeros(max(0, cfg.clip_samples - len(pcm)), np.float32)])[: cfg.clip_samples]
+            inputs["audio"] = pcm[None].astype(np.float32)
+        if clip.route in ("av", "video"):
+            frames = decode_video(clip.path, num_frames=cfg.num_frames, size=(cfg.image_size, cfg.image_size), start=0.0,
+                                  duration=cfg.clip_seconds).frames
+            inputs["video"] = np.ascontiguousarray(frames[None])
+        tensors[clip.name] = inputs
+    return tensors
+
+
+def _chooser(clips: list[Clip], seed: int):
+    rng = random.Random(seed)
+    weights = [c.weight for c in clips]
+    return lambda: rng.choices(clips, weights)[0]
+
+
+async def closed_loop(target, clips: list[Clip], concurrency: int, seconds: float, seed: int = 0) -> RunResult:
+    result = RunResult(target.name, "closed", concurrency, seconds)
+    began = time.perf_counter()
+    stop = began + seconds
+
+    async def worker(index: int) -> None:
+        choose = _chooser(clips, seed * 1000 + index)
+        for _ in range(100_000):  # bounded; the clock ends it long before
+            if time.perf_counter() >= stop:
+                return
+            clip = choose()
+            start = time.perf_counter()
+            ok, timings = await target.send(clip)
+            end = time.perf_counter()
+            if end <= stop:  # count only what completed inside the window
+                result.samples.append(Sample(clip.route, end - start, ok, timings))
+
+    await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    result.seconds = time.perf_counter() - began
+    return result
+
+
+async def fixed_rate(target, clips: list[Clip], rate: float, seconds: float, seed: int = 0, max_in_flight: int = 128,
+                     timeout: float = 10.0) -> RunResult:
+    """Open loop: Poisson arrivals at `rate`/s; latency counts from the scheduled arrival."""
+    result = RunResult(target.name, "rate", round(rate, 2), seconds)
+    rng = np.random.default_rng(seed)
+    choose = _chooser(clips, seed)
+    in_flight: set[asyncio.Task] = set()
+    began = time.perf_counter()
+
+    async def one(clip: Clip, scheduled: float) -> None:
+        try:
+            ok, timings = await asyncio.wait_for(target.send(clip), timeout)
+        except asyncio.TimeoutError:
+            ok, timings = False, None
+        result.samples.append(Sample(clip.route, time.perf_counter() - scheduled, ok, timings))
+
+    arrival = began
+    for _ in range(int(rate * seconds * 3) + 10):
+        arrival += rng.exponential(1.0 / rate)
+        if arrival >= began + seconds:
+            break
+        await asyncio.sleep(max(0.0, arrival - time.perf_counter()))
+        if len(in_flight) >= max_in_flight:
+            result.dropped += 1
+            continue
+        task = asyncio.create_task(one(choose(), arrival))
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+    if in_flight:
+        await asyncio.wait(in_flight, timeout=timeout + 1)
+    result.seconds = seconds
+    return result
