@@ -37,6 +37,17 @@ from typing import Literal
 import numpy as np
 import torch
 
+from avserve.contract import (
+    AUDIO,
+    CONFIG_FILE,
+    LABELS_FILE,
+    MODEL_VERSION,
+    ONNX_MODEL_FILE,
+    ROUTE_SUFFIXES,
+    VIDEO,
+    Param,
+    modalities_parameter,
+)
 from avserve.repository import (
     BatchingConfig,
     ModelConfig,
@@ -46,16 +57,10 @@ from avserve.repository import (
     new_model_config,
     write_model_config,
 )
-from training.models import AUDIO, VIDEO, AVClassifier, ModalityGraph
+from training.models import AVClassifier, ModalityGraph
 
 Runtime = Literal["onnxruntime", "tensorrt", "tensorrt_plan"]
 RUNTIMES: tuple[str, ...] = ("onnxruntime", "tensorrt", "tensorrt_plan")
-
-LABELS_FILE = "labels.txt"
-VERSION = "1"
-# Model-name suffix per servable input set; the gateway routes by the `modalities`
-# parameter, these names are only for people reading the repository.
-MODEL_SUFFIXES = {frozenset({AUDIO, VIDEO}): "av", frozenset({AUDIO}): "audio", frozenset({VIDEO}): "video"}
 
 
 class ExportError(RuntimeError):
@@ -113,7 +118,7 @@ def export_run(run_dir: str | Path, repository: str | Path, options: ExportOptio
     extra = dict(options.extra_parameters)
     modality_dropout = float(info.train.get("modality_dropout") or 0.0)
     if modality_dropout > 0:  # tells a reader of the repository the unimodal graphs were trained for
-        extra.setdefault("modality_dropout", repr(modality_dropout))
+        extra.setdefault(Param.MODALITY_DROPOUT, repr(modality_dropout))
     options = dataclasses.replace(options, family=family, extra_parameters=tuple(sorted(extra.items())))
     return export_model(model, info.classes, repository, options)
 
@@ -137,7 +142,7 @@ def export_model(
     model = model.eval()
     exported = []
     for modalities in sorted(model.servable_modalities, key=lambda m: (-len(m), sorted(m))):
-        name = f"{options.family}_{MODEL_SUFFIXES[frozenset(modalities)]}"
+        name = f"{options.family}_{ROUTE_SUFFIXES[frozenset(modalities)]}"
         with _staged_model_directory(repository, name) as staging:
             exported.append(_export_one(model, frozenset(modalities), labels, name, staging, options))
     return [dataclasses.replace(e, directory=repository / e.name) for e in exported]
@@ -152,9 +157,9 @@ def _export_one(
     options: ExportOptions,
 ) -> ExportedModel:
     graph = ModalityGraph(model, modalities).eval()
-    version_dir = directory / VERSION
+    version_dir = directory / MODEL_VERSION
     version_dir.mkdir()
-    onnx_path = version_dir / "model.onnx"
+    onnx_path = version_dir / ONNX_MODEL_FILE
     example = example_inputs(model, graph.input_names, batch=2, seed=0)
     _export_onnx(graph, example, onnx_path, options.opset)
     max_abs_diff = check_parity(graph, onnx_path, options.tolerance)
@@ -166,7 +171,7 @@ def _export_one(
         onnx_path.unlink()  # the plan replaces the graph; keep the directory minimal
 
     config = model_config_for(model, graph, name, options)
-    write_model_config(directory / "config.pbtxt", config)
+    write_model_config(directory / CONFIG_FILE, config)
     (directory / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
     model_file = next(version_dir.iterdir())
     return ExportedModel(name, directory, modalities, graph.head_names, model_file.stat().st_size, max_abs_diff)
@@ -184,20 +189,20 @@ def model_config_for(model: AVClassifier, graph: ModalityGraph, name: str, optio
         for i, output in enumerate(graph.output_names)
     ]
     parameters = {
-        "family": options.family,
-        "architecture": model.architecture,
-        "modalities": "+".join(m for m in (AUDIO, VIDEO) if m in graph.modalities),
-        "sample_rate": str(cfg.sample_rate),
-        "clip_seconds": repr(float(cfg.clip_seconds)),
-        "num_frames": str(cfg.num_frames),
-        "image_size": str(cfg.image_size),
-        "answer_output": graph.output_names[0],
-        "heads": ",".join(graph.head_names),
-        "missing_modality": options.missing_modality,
+        Param.FAMILY: options.family,
+        Param.ARCHITECTURE: model.architecture,
+        Param.MODALITIES: modalities_parameter(graph.modalities),
+        Param.SAMPLE_RATE: str(cfg.sample_rate),
+        Param.CLIP_SECONDS: repr(float(cfg.clip_seconds)),
+        Param.NUM_FRAMES: str(cfg.num_frames),
+        Param.IMAGE_SIZE: str(cfg.image_size),
+        Param.ANSWER_OUTPUT: graph.output_names[0],
+        Param.HEADS: ",".join(graph.head_names),
+        Param.MISSING_MODALITY: options.missing_modality,
         **dict(options.extra_parameters),
     }
     if len(graph.modalities) == 1:
-        parameters["unimodal"] = model.unimodal_graphs
+        parameters[Param.UNIMODAL] = model.unimodal_graphs
     tensorrt_plan = options.runtime == "tensorrt_plan"
     config = new_model_config(
         NewModelConfig(

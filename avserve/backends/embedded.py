@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from avserve.contract import CONFIG_FILE, ONNX_MODEL_FILE
 from avserve.repository import ModelSpec, Repository, RepositoryError, load_repository, read_model_config
 
 from ._inputs import check_request
@@ -440,8 +441,8 @@ def _create_session(
     Returns the session and the time of one full-batch run (the retry-after estimate's seed).
     """
     assert spec.path is not None and spec.versions, "embedded specs come from disk"
-    config = read_model_config(spec.path / "config.pbtxt")
-    onnx_path = spec.path / str(max(spec.versions)) / (config.default_model_filename or "model.onnx")
+    config = read_model_config(spec.path / CONFIG_FILE)
+    onnx_path = spec.path / str(max(spec.versions)) / (config.default_model_filename or ONNX_MODEL_FILE)
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = _threads(settings.intra_op_threads, spec, "intra_op_thread_count")
@@ -469,7 +470,7 @@ def _create_session(
         # The first runs allocate memory arenas and pick kernels; do it before a client waits.
         for rows in sorted({1, max(full_batch, 1)}):
             began = time.perf_counter()
-            session.run(None, _zeros(spec, rows))
+            session.run(None, spec.zero_inputs(rows))
             seconds = time.perf_counter() - began
     return session, seconds
 
@@ -479,14 +480,6 @@ def _threads(setting: int | None, spec: ModelSpec, parameter: str) -> int:
         return setting
     raw = spec.parameters.get(parameter, "").strip()
     return int(raw) if raw.isdigit() else 0
-
-
-def _zeros(spec: ModelSpec, rows: int) -> dict[str, np.ndarray]:
-    batch = (rows,) if spec.max_batch_size > 0 else ()
-    return {
-        tensor.name: np.zeros(batch + tuple(d if d > 0 else 1 for d in tensor.dims), tensor.numpy_dtype)
-        for tensor in spec.inputs
-    }
 
 
 def _resolve(request: _Request, result: dict[str, np.ndarray]) -> None:

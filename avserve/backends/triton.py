@@ -354,11 +354,9 @@ class TritonBackend(InferenceBackend):
         if not answer.label_filename:
             return None
         num_classes = answer.dims[-1]
-        batch = [1] if spec.max_batch_size > 0 else []
         request_inputs = []
-        for tensor in spec.inputs:
-            zeros = np.zeros(batch + [d if d > 0 else 1 for d in tensor.dims], tensor.numpy_dtype)
-            infer_input = InferInput(tensor.name, list(zeros.shape), np_to_triton_dtype(zeros.dtype))
+        for name, zeros in spec.zero_inputs(rows=1).items():
+            infer_input = InferInput(name, list(zeros.shape), np_to_triton_dtype(zeros.dtype))
             infer_input.set_data_from_numpy(zeros)
             request_inputs.append(infer_input)
         result = await client.infer(

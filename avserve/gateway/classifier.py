@@ -20,8 +20,8 @@ import numpy as np
 
 from avserve.backends.base import BackendError, InferenceBackend
 from avserve.media import MediaError, MediaInfo, MediaLimits, decode_audio, decode_video, probe
-from avserve.repository import ModelSpec
-from avserve.repository.spec import HEAD_PREFIX
+from avserve.repository import ModelSpec, RepositoryError
+from avserve.contract import AUDIO, VIDEO, head_output
 
 from .errors import ApiError, backend_error, media_error
 from .metrics import GatewayMetrics
@@ -96,7 +96,7 @@ class Classifier:
         info = await self._media(probe, upload.path, self.limits)
         timings["probe"] = time.perf_counter() - stage
 
-        present = frozenset(m for m, has in (("audio", info.has_audio), ("video", info.has_video)) if has)
+        present = frozenset(m for m, has in ((AUDIO, info.has_audio), (VIDEO, info.has_video)) if has)
         route = choose_route(self.backend.repository, params.family, present, params.modality)
         if on_route is not None:
             on_route(route)
@@ -113,7 +113,7 @@ class Classifier:
         timings["inference"] = time.perf_counter() - stage
 
         answer = _mean_probabilities(outputs, spec.answer_output)
-        heads = {head: _mean_probabilities(outputs, HEAD_PREFIX + head) for head in spec.heads}
+        heads = {head: _mean_probabilities(outputs, head_output(head)) for head in spec.heads}
         labels = _labels(spec)
         top_k = min(params.top_k, len(labels))
         timings["total"] = time.perf_counter() - began
@@ -155,17 +155,16 @@ class Classifier:
         spec = route.spec
         jobs: list[Awaitable[np.ndarray]] = []
         for window in windows:
-            if "audio" in route.used:
+            if AUDIO in route.used:
                 jobs.append(self._decode_audio(upload, spec, window))
-            if "video" in route.used:
+            if VIDEO in route.used:
                 jobs.append(self._decode_video(upload, spec, window))
         decoded = iter(await _all(jobs))
         batches = []
         for _ in windows:
             inputs = {modality: next(decoded) for modality in sorted(route.used)}
-            for modality in route.zero_filled:
-                tensor = spec.input(modality)
-                inputs[modality] = np.zeros((1, *_fixed_dims(tensor.dims, spec)), dtype=tensor.numpy_dtype)
+            if route.zero_filled:
+                inputs.update(_checked(spec.zero_inputs, rows=1, names=sorted(route.zero_filled)))
             batches.append(inputs)
         return batches
 
@@ -184,7 +183,7 @@ class Classifier:
         return samples[np.newaxis].astype(np.float32, copy=False)
 
     async def _decode_video(self, upload: Upload, spec: ModelSpec, window: Window) -> np.ndarray:
-        frames, height, width, _ = _fixed_dims(spec.input("video").dims, spec)
+        frames, height, width, _ = _checked(spec.input_shape, VIDEO)
         video = await self._media(
             decode_video, upload.path, num_frames=frames, size=(height, width), start=window.start,
             duration=window.duration, limits=self.limits,
@@ -201,14 +200,6 @@ class Classifier:
 # ---- helpers -------------------------------------------------------------------------------
 
 
-def model_clip_seconds(spec: ModelSpec) -> float | None:
-    if spec.clip_seconds is not None:
-        return spec.clip_seconds
-    if spec.clip_samples is not None and spec.sample_rate:
-        return spec.clip_samples / spec.sample_rate
-    return None
-
-
 def plan_windows(
     spec: ModelSpec, media_duration: float | None, start: float, duration: float | None, max_windows: int
 ) -> list[Window]:
@@ -222,7 +213,7 @@ def plan_windows(
         raise ApiError(
             422, "invalid_window", f"start {start} s is past the end of the clip ({media_duration:.3f} s)"
         )
-    length = model_clip_seconds(spec)
+    length = spec.window_seconds
     if length is None:  # the model takes any length: score the requested span at once
         return [Window(start, duration)]
     span = length if duration is None else duration
@@ -248,22 +239,12 @@ def _window_length(window: Window, info: MediaInfo) -> float:
     return max(0.0, (info.duration or 0.0) - window.start)
 
 
-def _fixed_dims(dims: Iterable[int], spec: ModelSpec) -> tuple[int, ...]:
-    """Input dims with variable (-1) entries filled from the preprocessing parameters."""
-    dims = tuple(dims)
-    if len(dims) == 4:  # video [frames, height, width, 3]
-        frames = dims[0] if dims[0] > 0 else spec.num_frames
-        height = dims[1] if dims[1] > 0 else spec.image_size
-        width = dims[2] if dims[2] > 0 else spec.image_size
-        if frames is None or height is None or width is None:
-            raise ApiError(502, "model_misconfigured", f"model {spec.name!r} does not say its frame count or size")
-        return frames, height, width, 3
-    if dims and dims[0] < 0:
-        seconds = model_clip_seconds(spec)
-        if seconds is None or spec.sample_rate is None:
-            raise ApiError(502, "model_misconfigured", f"model {spec.name!r} does not say its clip length")
-        return (round(seconds * spec.sample_rate),)
-    return dims
+def _checked(spec_method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """A ModelSpec shape query, its RepositoryError as a 502: the model, not the upload, is at fault."""
+    try:
+        return spec_method(*args, **kwargs)
+    except RepositoryError as error:
+        raise ApiError(502, "model_misconfigured", str(error)) from None
 
 
 def _labels(spec: ModelSpec) -> tuple[str, ...]:

@@ -16,12 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from avserve.contract import AUDIO, AUDIO_ONLY, AUDIO_VIDEO, VIDEO, VIDEO_ONLY
 from avserve.repository import ModelSpec, Repository
 
 from .errors import ApiError
 
 ModalityChoice = Literal["auto", "av", "audio", "video"]
-_FORCED = {"av": frozenset({"audio", "video"}), "audio": frozenset({"audio"}), "video": frozenset({"video"})}
+_FORCED = {"av": AUDIO_VIDEO, AUDIO: AUDIO_ONLY, VIDEO: VIDEO_ONLY}
 
 
 def modality_label(modalities: frozenset[str] | set[str]) -> str:
@@ -30,7 +31,7 @@ def modality_label(modalities: frozenset[str] | set[str]) -> str:
 
 def route_label(modalities: frozenset[str]) -> str:
     """Short name of a modality set for metrics: av, audio or video."""
-    return "av" if modalities == {"audio", "video"} else modality_label(modalities)
+    return "av" if modalities == AUDIO_VIDEO else modality_label(modalities)
 
 
 @dataclass(frozen=True)

@@ -18,24 +18,26 @@ import numpy as np
 from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from avserve.contract import (
+    ANSWER_OUTPUT,
+    AUDIO,
+    CONFIG_FILE,
+    HEAD_OUTPUT_PREFIX,
+    MISSING_MODALITY_POLICIES,
+    MODALITIES,
+    ONNX_MODEL_FILE,
+    UNIMODAL_KINDS,
+    VIDEO,
+    Param,
+)
+
 from .config import NUMPY_DTYPES, ModelConfig, read_model_config
 from .errors import RepositoryError
 
-MODALITIES = frozenset({"audio", "video"})
-MISSING_MODALITY_POLICIES = frozenset({"route", "zero_fill", "reject"})
-# What a unimodal graph computes (`unimodal` parameter, written by the exporter):
-#   "head"    exactly the full model's head for that modality (Zorro's modality-pure heads);
-#   "stream"  the model run on that stream alone, a different function from the audio+video
-#             answer whose quality depends on how the model was trained (MBT).
-UNIMODAL_KINDS = frozenset({"head", "stream"})
-ANSWER_OUTPUT = "logits"
-HEAD_PREFIX = "head_"
-CONFIG_FILE = "config.pbtxt"
-
 # The file a version directory must hold when the config names none (Triton's defaults).
 DEFAULT_MODEL_FILES = {
-    "onnxruntime": "model.onnx",
-    "onnxruntime_onnx": "model.onnx",
+    "onnxruntime": ONNX_MODEL_FILE,
+    "onnxruntime_onnx": ONNX_MODEL_FILE,
     "python": "model.py",
     "tensorrt": "model.plan",
     "tensorrt_plan": "model.plan",
@@ -87,15 +89,51 @@ class ModelSpec:
 
     @property
     def clip_samples(self) -> int | None:
-        audio = self.input("audio") if "audio" in self.modalities else None
+        audio = self.input(AUDIO) if AUDIO in self.modalities else None
         return audio.dims[0] if audio is not None and audio.dims[0] > 0 else None
 
     @property
     def num_classes(self) -> int:
         return len(self.labels) if self.labels else self.output(self.answer_output).dims[-1]
 
+    @property
+    def window_seconds(self) -> float | None:
+        """Seconds of media one request to this model covers (None: the model takes any length)."""
+        if self.clip_seconds is not None:
+            return self.clip_seconds
+        if self.clip_samples is not None and self.sample_rate:
+            return self.clip_samples / self.sample_rate
+        return None
+
     def input(self, name: str) -> TensorSpec:
         return _by_name(self.inputs, name, f"model {self.name!r} has no input")
+
+    def input_shape(self, name: str) -> tuple[int, ...]:
+        """An input's dims (no batch axis) with variable (-1) entries filled from the
+        preprocessing parameters; RepositoryError when the parameters do not say."""
+        dims = self.input(name).dims
+        if name == VIDEO and len(dims) == 4:  # [frames, height, width, 3]
+            filled = (
+                dims[0] if dims[0] > 0 else self.num_frames,
+                dims[1] if dims[1] > 0 else self.image_size,
+                dims[2] if dims[2] > 0 else self.image_size,
+                dims[3],
+            )
+        elif name == AUDIO and len(dims) == 1 and dims[0] <= 0:
+            seconds = self.window_seconds
+            filled = (round(seconds * self.sample_rate) if seconds and self.sample_rate else None,)
+        else:
+            filled = dims
+        if any(d is None or d <= 0 for d in filled):
+            raise RepositoryError(f"model {self.name!r}: the size of input {name!r} {list(dims)} is not fixed by its parameters")
+        return tuple(int(d) for d in filled)
+
+    def zero_inputs(self, rows: int = 1, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Zero tensors for `names` (default: every input), with a batch axis of `rows` when the
+        model batches: warm-up runs, label lookups, and the inputs a `zero_fill` route lacks."""
+        batch = (rows,) if self.max_batch_size > 0 else ()
+        wanted = [t.name for t in self.inputs] if names is None else list(names)
+        return {n: np.zeros(batch + self.input_shape(n), self.input(n).numpy_dtype) for n in wanted}
 
     def output(self, name: str) -> TensorSpec:
         return _by_name(self.outputs, name, f"model {self.name!r} has no output")
@@ -125,23 +163,23 @@ class ModelSpec:
         decode = _Decoder(where, parameters)
 
         modalities = decode.modalities(inputs)
-        answer_output = decode.text("answer_output", ANSWER_OUTPUT)
+        answer_output = decode.text(Param.ANSWER_OUTPUT, ANSWER_OUTPUT)
         output_names = {t.name for t in outputs}
         if answer_output not in output_names:
             raise RepositoryError(f"{where}: answer_output {answer_output!r} is not an output ({sorted(output_names)})")
         heads = decode.heads(output_names)
-        missing_modality = decode.text("missing_modality", "route")
+        missing_modality = decode.text(Param.MISSING_MODALITY, "route")
         if missing_modality not in MISSING_MODALITY_POLICIES:
             raise RepositoryError(
                 f"{where}: missing_modality {missing_modality!r} is not one of {sorted(MISSING_MODALITY_POLICIES)}"
             )
         unimodal = decode.choice(
-            "unimodal",
+            Param.UNIMODAL,
             UNIMODAL_KINDS,
             "what an audio-only or video-only graph computes: 'head' = exactly the audio+video model's head "
             "for that modality, 'stream' = the model run on that stream alone",
         )
-        modality_dropout = decode.fraction("modality_dropout")
+        modality_dropout = decode.fraction(Param.MODALITY_DROPOUT)
         if config.max_batch_size < 0:
             raise RepositoryError(f"{where}: max_batch_size must be >= 0, not {config.max_batch_size}")
 
@@ -153,13 +191,13 @@ class ModelSpec:
             dynamic_batching=config.HasField("dynamic_batching"),
             inputs=inputs,
             outputs=outputs,
-            family=decode.text("family", config.name),
+            family=decode.text(Param.FAMILY, config.name),
             modalities=modalities,
-            architecture=decode.text("architecture", ""),
-            sample_rate=decode.integer("sample_rate"),
-            clip_seconds=decode.number("clip_seconds"),
-            num_frames=decode.integer("num_frames"),
-            image_size=decode.integer("image_size"),
+            architecture=decode.text(Param.ARCHITECTURE, ""),
+            sample_rate=decode.integer(Param.SAMPLE_RATE),
+            clip_seconds=decode.number(Param.CLIP_SECONDS),
+            num_frames=decode.integer(Param.NUM_FRAMES),
+            image_size=decode.integer(Param.IMAGE_SIZE),
             answer_output=answer_output,
             heads=heads,
             missing_modality=missing_modality,
@@ -240,7 +278,7 @@ def _by_name(tensors: tuple[TensorSpec, ...], name: str, message: str) -> Tensor
 
 def _read_labels(model_dir: Path, config: ModelConfig) -> list[str]:
     # `in` first: indexing a protobuf map inserts the key.
-    answer = config.parameters["answer_output"].string_value if "answer_output" in config.parameters else ""
+    answer = config.parameters[Param.ANSWER_OUTPUT].string_value if Param.ANSWER_OUTPUT in config.parameters else ""
     answer = answer.strip() or ANSWER_OUTPUT
     output = next((o for o in config.output if o.name == answer), None)
     if output is None:
@@ -311,7 +349,7 @@ class _Decoder:
 
     def modalities(self, inputs: tuple[TensorSpec, ...]) -> frozenset[str]:
         input_names = frozenset(t.name for t in inputs)
-        raw = self.parameters.get("modalities", "").strip()
+        raw = self.parameters.get(Param.MODALITIES, "").strip()
         # Without the parameter, the inputs themselves say which modalities the model takes.
         names = [m.strip() for m in raw.split("+")] if raw else sorted(input_names)
         unknown = [m for m in names if m not in MODALITIES]
@@ -328,22 +366,22 @@ class _Decoder:
         return modalities
 
     def heads(self, output_names: set[str]) -> tuple[str, ...]:
-        raw = self.parameters.get("heads", "").strip()
+        raw = self.parameters.get(Param.HEADS, "").strip()
         if not raw:
-            return tuple(sorted(n.removeprefix(HEAD_PREFIX) for n in output_names if n.startswith(HEAD_PREFIX)))
+            return tuple(sorted(n.removeprefix(HEAD_OUTPUT_PREFIX) for n in output_names if n.startswith(HEAD_OUTPUT_PREFIX)))
         heads = tuple(h.strip() for h in raw.split(",") if h.strip())
-        missing = [h for h in heads if HEAD_PREFIX + h not in output_names]
+        missing = [h for h in heads if HEAD_OUTPUT_PREFIX + h not in output_names]
         if missing:
             raise RepositoryError(
-                f"{self.where}: heads {missing} have no output named {', '.join(HEAD_PREFIX + h for h in missing)}"
+                f"{self.where}: heads {missing} have no output named {', '.join(HEAD_OUTPUT_PREFIX + h for h in missing)}"
             )
         return heads
 
 
 def _check_tensors(spec: ModelSpec, where: str) -> None:
     """Shape rules the gateway relies on, and agreement between parameters and dims."""
-    if "audio" in spec.modalities:
-        audio = spec.input("audio")
+    if AUDIO in spec.modalities:
+        audio = spec.input(AUDIO)
         if audio.data_type != "TYPE_FP32" or len(audio.dims) != 1:
             raise RepositoryError(
                 f"{where}: input 'audio' must be TYPE_FP32 [clip_samples], not {audio.data_type} {list(audio.dims)}"
@@ -356,8 +394,8 @@ def _check_tensors(spec: ModelSpec, where: str) -> None:
                 raise RepositoryError(
                     f"{where}: audio dims [{audio.dims[0]}] but sample_rate*clip_seconds = {expected}"
                 )
-    if "video" in spec.modalities:
-        video = spec.input("video")
+    if VIDEO in spec.modalities:
+        video = spec.input(VIDEO)
         if video.data_type != "TYPE_UINT8" or len(video.dims) != 4 or video.dims[3] != 3:
             raise RepositoryError(
                 f"{where}: input 'video' must be TYPE_UINT8 [num_frames, H, W, 3], "

@@ -21,11 +21,10 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
 
+from avserve.contract import CONFIG_FILE, ONNX_FILENAME_PARAMETER, ONNX_MODEL_FILE
 from avserve.repository import ModelConfig, RepositoryError, read_model_config, write_model_config
 from avserve.triton.python_model import MODEL_PY
 
-CONFIG_FILE = "config.pbtxt"
-ONNX_FILENAME_PARAMETER = "onnx_model_filename"  # read by python_model/model.py
 # Backends the bundled server has, served from the source files as they are.
 NATIVE_BACKENDS = frozenset({"python"})
 
@@ -79,7 +78,7 @@ def python_backend_config(config: ModelConfig) -> ModelConfig:
     shadow.ClearField("platform")
     shadow.backend = "python"
     # The Python backend loads `default_model_filename` (model.py); model.py finds the ONNX file here.
-    shadow.parameters[ONNX_FILENAME_PARAMETER].string_value = config.default_model_filename or "model.onnx"
+    shadow.parameters[ONNX_FILENAME_PARAMETER].string_value = config.default_model_filename or ONNX_MODEL_FILE
     shadow.ClearField("default_model_filename")
     # This machine has no GPU: GPU instance groups would fail to load, so the same counts run on CPU.
     for group in shadow.instance_group:

@@ -19,13 +19,14 @@ import os
 import numpy as np
 import onnxruntime as ort
 
+# The stub runs the interpreter that started Triton (avserve.triton puts it first on PATH),
+# so the project's contract module is importable here.
+from avserve.contract import ONNX_FILENAME_PARAMETER, ONNX_MODEL_FILE
+
 try:
     import triton_python_backend_utils as pb_utils
 except ImportError:  # imported outside Triton (packaging and import checks): nothing to serve
     pb_utils = None
-
-# Parameter naming the ONNX file inside the version directory (set by avserve.triton).
-ONNX_FILENAME_PARAMETER = "onnx_model_filename"
 
 
 class TritonPythonModel:
@@ -34,7 +35,7 @@ class TritonPythonModel:
         self.name = args["model_name"]
         parameters = {key: value["string_value"] for key, value in config.get("parameters", {}).items()}
         version_dir = os.path.join(args["model_repository"], args["model_version"])
-        onnx_path = os.path.join(version_dir, parameters.get(ONNX_FILENAME_PARAMETER, "model.onnx"))
+        onnx_path = os.path.join(version_dir, parameters.get(ONNX_FILENAME_PARAMETER, ONNX_MODEL_FILE))
 
         options = ort.SessionOptions()
         # 0 lets ONNX Runtime choose, like the native backend; exporters pin small numbers so
