@@ -1,6 +1,6 @@
 """The interface every audio-visual classifier in `training.models` implements.
 
-The trainer, the losses and the ONNX/Triton exporter are written against this contract
+The trainer, the objectives and the ONNX/Triton exporter are written against this contract
 only, never against one architecture:
 
     model.config                  # dataclass deriving from AVConfig (fields below + clip_samples)
@@ -30,26 +30,80 @@ outputs of the heads in `heads_for(that clip's modalities)` must equal what the 
 (the absent input passed as None) would give. Zorro needs nothing for that (its heads are
 modality-pure; other heads are masked out of the loss); MBT uses it to leave an absent stream
 out of its bottleneck average and its logit average.
+
+Optional parts, implemented by an architecture when something needs them:
+
+  Token level (`supports_tokens`; masked reconstruction, DropToken-style objectives):
+    model.tokenize(audio=None, video=None) -> {modality: patch tokens [B, N_m, D], positions added}
+    model.encode_tokens(tokens, present=None, return_tokens=False) -> Encoded
+        the encoder on any subset of each modality's tokens (the objective gathers them), its
+        features as forward_features would give them, and with return_tokens the encoded
+        patch tokens [B, N_kept_m, D] in the order given
+    model.patch_targets(audio=None, video=None) -> {modality: [B, N_m, patch_dim_m]}
+        what each token covers, computed without training augmentation, aligned with tokenize
+    model.token_counts, model.patch_dims     # N_m and patch_dim_m per modality
+  forward_features is encode_tokens(tokenize(...)).features in the architectures that have
+  both, so the two paths cannot drift apart.
+
+  Optimisation (training/optim.py): `no_weight_decay()` names parameters kept out of weight
+  decay besides norms, biases, position embeddings and learned tokens (the default rule);
+  `layer_id(name)` / `num_layer_ids` place each parameter on the ladder layer-wise LR decay
+  climbs (embeddings 0, encoder block i -> i + 1, everything after the encoder last).
+
+  Fine-tuning (training/checkpoint.py `init_from`): `position_embeddings()` names the
+  position-embedding parameters and their token grids, so a pretrained embedding of another
+  grid (clip length, frame count, image size) is resized by interpolation, not skipped.
+
+  Training augmentation inside the model (SpecAugment, frequency jitter; any
+  `layers.InputAugmentation`) can be switched off with `set_input_augmentation(False)`, so a
+  reconstruction objective's targets and inputs are the clean signal.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
+import re
 from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
-AUDIO = "audio"
-VIDEO = "video"
-AUDIO_VIDEO = frozenset({AUDIO, VIDEO})
-AUDIO_ONLY = frozenset({AUDIO})
-VIDEO_ONLY = frozenset({VIDEO})
+from avserve.contract import (
+    ANSWER_OUTPUT,
+    AUDIO,
+    AUDIO_ONLY,
+    AUDIO_VIDEO,
+    HEAD_OUTPUT_PREFIX,
+    MODALITIES,
+    VIDEO,
+    VIDEO_ONLY,
+    head_output,
+)
 
-LOGITS_KEY = "logits"  # key of the head-averaged prediction in forward()'s dict
-HEAD_OUTPUT_PREFIX = "head_"  # exported graphs name each head's output head_<name>
+from .layers import InputAugmentation, LearnedPositionEmbedding, patchify
+
+__all__ = [
+    "AUDIO",
+    "AUDIO_ONLY",
+    "AUDIO_VIDEO",
+    "HEAD_OUTPUT_PREFIX",
+    "LOGITS_KEY",
+    "VIDEO",
+    "VIDEO_ONLY",
+    "AVClassifier",
+    "AVConfig",
+    "Encoded",
+    "ModalityGraph",
+    "PatchGrid",
+    "PatchTokens",
+    "PositionGrid",
+    "Presence",
+    "with_mean_logits",
+]
+
+LOGITS_KEY = ANSWER_OUTPUT  # forward()'s key for the head-averaged prediction = the answer output
 
 # Per-clip presence of each modality in a mixed batch: {"audio": bool [B], "video": bool [B]}.
 Presence = Mapping[str, Tensor]
@@ -74,6 +128,24 @@ class AVConfig:
         return int(round(self.sample_rate * self.clip_seconds))
 
 
+@dataclasses.dataclass
+class Encoded:
+    """What `encode_tokens` returns."""
+
+    features: dict[str, Tensor]  # as forward_features would give them for these tokens
+    tokens: dict[str, Tensor] | None = None  # encoded patch tokens [B, N_kept_m, D], if asked for
+
+
+@dataclasses.dataclass(frozen=True)
+class PositionGrid:
+    """A learned position embedding [1, prefix_tokens + prod(grid), D] laid out over a token grid
+    (e.g. audio (time patches, frequency patches), video (frames, rows, columns)); `prefix_tokens`
+    (a CLS token) are kept as they are when the grid is resized."""
+
+    grid: tuple[int, ...]
+    prefix_tokens: int = 0
+
+
 class AVClassifier(nn.Module, abc.ABC):
     """Abstract base: see the module docstring for the contract."""
 
@@ -86,6 +158,11 @@ class AVClassifier(nn.Module, abc.ABC):
     #   "stream"  the model run on that modality's stream alone, a different function from the
     #             audio+video answer, as good as the model's training on unimodal clips (MBT).
     unimodal_graphs: ClassVar[str]
+    # Layer-wise LR decay: parameter names matching `encoder_block_pattern` (group 1 = the block
+    # index) are encoder block i -> layer id i + 1; names starting with one of
+    # `embedding_prefixes` are layer id 0; everything else sits after the encoder.
+    encoder_block_pattern: ClassVar[str | None] = None
+    embedding_prefixes: ClassVar[tuple[str, ...]] = ()
 
     @property
     @abc.abstractmethod
@@ -113,7 +190,61 @@ class AVClassifier(nn.Module, abc.ABC):
         per_head = self.classify(self.forward_features(audio=audio, video=video, present=present), present)
         return with_mean_logits(per_head)
 
-    # Helpers shared by the architectures -------------------------------------------------
+    # ---- optional: the token level ----------------------------------------------------------
+
+    @property
+    def supports_tokens(self) -> bool:
+        return type(self).tokenize is not AVClassifier.tokenize
+
+    def tokenize(self, audio: Tensor | None = None, video: Tensor | None = None) -> dict[str, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} has no token-level interface (training/models/base.py)")
+
+    def encode_tokens(self, tokens: dict[str, Tensor], present: Presence | None = None, return_tokens: bool = False) -> Encoded:
+        raise NotImplementedError(f"{type(self).__name__} has no token-level interface (training/models/base.py)")
+
+    def patch_targets(self, audio: Tensor | None = None, video: Tensor | None = None) -> dict[str, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} has no token-level interface (training/models/base.py)")
+
+    @property
+    def token_counts(self) -> dict[str, int]:
+        raise NotImplementedError(f"{type(self).__name__} has no token-level interface (training/models/base.py)")
+
+    @property
+    def patch_dims(self) -> dict[str, int]:
+        raise NotImplementedError(f"{type(self).__name__} has no token-level interface (training/models/base.py)")
+
+    # ---- optional: what the optimiser and fine-tuning need ----------------------------------
+
+    def set_input_augmentation(self, enabled: bool) -> None:
+        """Switch the model's own training augmentation (SpecAugment, frequency jitter) on or off."""
+        for module in self.modules():
+            if isinstance(module, InputAugmentation):
+                module.enabled = enabled
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters to keep out of weight decay, besides the default rule
+        (training/optim.py: only Linear / Conv / Embedding weights decay)."""
+        return set()
+
+    @property
+    def num_layer_ids(self) -> int:
+        """Layer ids run 0 (embeddings) .. num_layer_ids - 1 (after the encoder)."""
+        return int(getattr(self.config, "depth", 0)) + 2
+
+    def layer_id(self, name: str) -> int:
+        if self.encoder_block_pattern is not None:
+            match = re.search(self.encoder_block_pattern, name)
+            if match:
+                return int(match.group(1)) + 1
+        if name.startswith(self.embedding_prefixes):
+            return 0
+        return self.num_layer_ids - 1
+
+    def position_embeddings(self) -> dict[str, PositionGrid]:
+        """{state-dict name of a learned position embedding: its grid}; empty if none can be resized."""
+        return {}
+
+    # ---- helpers shared by the architectures ------------------------------------------------
 
     def servable(self, modalities: frozenset[str] | set[str]) -> frozenset[str]:
         """`modalities` as a frozenset, or a ValueError naming the servable sets."""
@@ -149,12 +280,67 @@ class PatchGrid:
                 raise ValueError(f"{name}={getattr(self, name)} is not a multiple of patch_size={self.patch_size}")
 
     @property
+    def audio_patch_grid(self) -> tuple[int, int]:
+        """(time patches, frequency patches): tokens are time-major, as PatchEmbed2d flattens."""
+        return self.spectrogram_frames // self.patch_size, self.n_mels // self.patch_size
+
+    @property
+    def video_patch_grid(self) -> tuple[int, int, int]:
+        """(frames, rows, columns)."""
+        side = self.image_size // self.patch_size
+        return self.num_frames, side, side
+
+    @property
     def num_audio_patches(self) -> int:
-        return (self.spectrogram_frames // self.patch_size) * (self.n_mels // self.patch_size)
+        time, frequency = self.audio_patch_grid
+        return time * frequency
 
     @property
     def num_video_patches(self) -> int:
-        return self.num_frames * (self.image_size // self.patch_size) ** 2
+        frames, rows, columns = self.video_patch_grid
+        return frames * rows * columns
+
+    @property
+    def audio_patch_dim(self) -> int:
+        return self.patch_size**2  # one log-mel channel
+
+    @property
+    def video_patch_dim(self) -> int:
+        return 3 * self.patch_size**2  # RGB
+
+
+class PatchTokens:
+    """The token-level sizes and targets of a ViT-style classifier (Zorro, MBT) whose config is a
+    PatchGrid and which has `log_mel` (LogMelFrontend) and `pixel_norm` (PixelNormalizer): audio
+    tokens are patch_size^2 log-mel patches (time-major), video tokens patch_size^2 RGB patches
+    of each frame (frame-major). Mixed into the model class."""
+
+    @property
+    def token_counts(self) -> dict[str, int]:
+        return {AUDIO: self.config.num_audio_patches, VIDEO: self.config.num_video_patches}
+
+    @property
+    def patch_dims(self) -> dict[str, int]:
+        return {AUDIO: self.config.audio_patch_dim, VIDEO: self.config.video_patch_dim}
+
+    def patch_targets(self, audio: Tensor | None = None, video: Tensor | None = None) -> dict[str, Tensor]:
+        """The clean log-mel (no SpecAugment, no jitter) and normalised pixels under each token."""
+        size = self.config.patch_size
+        targets = {}
+        if audio is not None:
+            targets[AUDIO] = patchify(self.log_mel(audio).unsqueeze(1), size)
+        if video is not None:
+            per_frame = patchify(self.pixel_norm(video), size)  # [B*T, h*w, 3*p*p]
+            targets[VIDEO] = per_frame.reshape(video.shape[0], -1, per_frame.shape[-1])
+        return targets
+
+
+def position_grid(embedding: LearnedPositionEmbedding, grid: tuple[int, ...]) -> PositionGrid:
+    """The PositionGrid of `embedding` over `grid`; its extra leading tokens are prefix tokens."""
+    tokens = 1
+    for side in grid:
+        tokens *= side
+    return PositionGrid(grid=tuple(grid), prefix_tokens=embedding.embedding.shape[1] - tokens)
 
 
 def with_mean_logits(per_head: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -177,7 +363,7 @@ class ModalityGraph(nn.Module):
     ONNX/Triton graphs have no optional inputs on batched models (shared/DESIGN.md).
     Outputs, in `output_names` order: "logits" [B, C] (mean over heads), then one
     "head_<name>" [B, C] per head in `head_names` order — the names the model repository
-    contract (avserve/repository) gives them, so a Triton client can ask for any one head.
+    contract (avserve/contract.py) gives them, so a Triton client can ask for any one head.
     """
 
     def __init__(self, model: AVClassifier, modalities: frozenset[str]):
@@ -186,9 +372,9 @@ class ModalityGraph(nn.Module):
             raise ValueError(f"{sorted(modalities)} is not servable by {type(model).__name__}")
         self.model = model
         self.modalities = frozenset(modalities)
-        self.input_names = tuple(m for m in (AUDIO, VIDEO) if m in self.modalities)
+        self.input_names = tuple(m for m in MODALITIES if m in self.modalities)
         self.head_names = model.heads_for(self.modalities)
-        self.output_names = (LOGITS_KEY, *(HEAD_OUTPUT_PREFIX + h for h in self.head_names))
+        self.output_names = (LOGITS_KEY, *(head_output(h) for h in self.head_names))
 
     def forward(self, *inputs: Tensor) -> tuple[Tensor, ...]:
         out = self.model(**dict(zip(self.input_names, inputs, strict=True)))

@@ -3,10 +3,12 @@
 Input front-ends (inside every exported graph):
     LogMelFrontend     raw mono PCM [B, samples] -> log-mel [B, frames, n_mels]
     PixelNormalizer    uint8/float RGB [B, T, H, W, 3] -> normalised [B*T, 3, H, W]
-Training-only spectrogram augmentation (identity in eval mode, hence in export):
-    SpecAugment, FrequencyJitter
+Training-only spectrogram augmentation (identity in eval mode, hence in export; an objective
+can switch it off):
+    InputAugmentation (their base), SpecAugment, FrequencyJitter
+Patches: patchify (a patch's raw values: masked reconstruction's targets), PatchEmbed2d
 Transformer parts:
-    PatchEmbed2d, LearnedPositionEmbedding, Mlp, MultiHeadSelfAttention (boolean mask),
+    LearnedPositionEmbedding, Mlp, MultiHeadSelfAttention (boolean mask),
     TransformerBlock (pre-LN), CrossAttentionBlock (decoder), GroupedTransformerLayer
     (one layer over named token groups with a group-level attention mask table).
 
@@ -179,7 +181,18 @@ class PixelNormalizer(nn.Module):
 # --------------------------------------------------------------------------------------
 
 
-class SpecAugment(nn.Module):
+class InputAugmentation(nn.Module):
+    """A training-only augmentation inside a model: identity in eval mode, and whenever an
+    objective switches it off (`AVClassifier.set_input_augmentation(False)`, e.g. masked
+    reconstruction wants clean inputs and targets)."""
+
+    enabled: bool = True
+
+    def active(self) -> bool:
+        return self.training and self.enabled
+
+
+class SpecAugment(InputAugmentation):
     """Time and frequency masking (Park et al. 2019) on log-mel [B, frames, n_mels].
 
     Each example gets `num_time_masks` masks of width U[0, max_time_width] frames and
@@ -210,7 +223,7 @@ class SpecAugment(nn.Module):
         return mask
 
     def forward(self, log_mel: Tensor) -> Tensor:
-        if not self.training or (self.num_time_masks == 0 and self.num_freq_masks == 0):
+        if not self.active() or (self.num_time_masks == 0 and self.num_freq_masks == 0):
             return log_mel
         b, frames, bins = log_mel.shape
         time_mask = self._band_mask(b, frames, min(self.max_time_width, frames), self.num_time_masks, log_mel.device)
@@ -220,7 +233,7 @@ class SpecAugment(nn.Module):
         return torch.where(masked, fill, log_mel)
 
 
-class FrequencyJitter(nn.Module):
+class FrequencyJitter(InputAugmentation):
     """Shifts each example's mel axis by an integer in [-max_shift, max_shift] (Zorro App. B:
     "shift the frequency by an integer sampled on the range (-10, 10)"). Vacated bins get the
     example's minimum (silence). Identity in eval mode."""
@@ -230,7 +243,7 @@ class FrequencyJitter(nn.Module):
         self.max_shift = max_shift
 
     def forward(self, log_mel: Tensor) -> Tensor:
-        if not self.training or self.max_shift == 0:
+        if not self.active() or self.max_shift == 0:
             return log_mel
         b, _, bins = log_mel.shape
         shift = torch.randint(-self.max_shift, self.max_shift + 1, (b, 1, 1), device=log_mel.device)
@@ -257,6 +270,16 @@ def init_vit_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+def patchify(x: Tensor, patch_size: int) -> Tensor:
+    """[N, C, H, W] -> [N, (H/p)*(W/p), C*p*p]: each non-overlapping patch's values, patches
+    row-major and each patch laid out (channel, row, column), as PatchEmbed2d's conv reads it,
+    so PatchEmbed2d(x) equals a linear map of patchify(x)."""
+    n, c, h, w = x.shape
+    p = patch_size
+    patches = x.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    return patches.reshape(n, (h // p) * (w // p), c * p * p)
+
+
 class PatchEmbed2d(nn.Module):
     """Non-overlapping patch x patch conv: [N, C, H, W] -> tokens [N, (H/p)*(W/p), dim] (row-major)."""
 
@@ -277,8 +300,11 @@ class LearnedPositionEmbedding(nn.Module):
         self.embedding = nn.Parameter(torch.empty(1, num_tokens, dim))
         nn.init.trunc_normal_(self.embedding, std=0.02)
 
-    def forward(self, tokens: Tensor) -> Tensor:
-        return tokens + self.embedding
+    def forward(self, tokens: Tensor, start: int = 0) -> Tensor:
+        """tokens [B, N, D] + positions start .. start + N - 1 (start > 0 skips prefix tokens)."""
+        if start == 0 and tokens.shape[1] == self.embedding.shape[1]:
+            return tokens + self.embedding
+        return tokens + self.embedding[:, start : start + tokens.shape[1]]
 
 
 class Mlp(nn.Module):

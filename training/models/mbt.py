@@ -39,7 +39,21 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from .base import AUDIO, AUDIO_ONLY, AUDIO_VIDEO, VIDEO, VIDEO_ONLY, AVClassifier, AVConfig, PatchGrid, Presence
+from .base import (
+    AUDIO,
+    AUDIO_ONLY,
+    AUDIO_VIDEO,
+    VIDEO,
+    VIDEO_ONLY,
+    AVClassifier,
+    AVConfig,
+    Encoded,
+    PatchGrid,
+    PatchTokens,
+    PositionGrid,
+    Presence,
+    position_grid,
+)
 from .layers import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -124,12 +138,14 @@ class MBTConfig(PatchGrid, AVConfig):
         return self.depth - self.fusion_layer
 
 
-class MBT(AVClassifier):
+class MBT(PatchTokens, AVClassifier):
     """MBT with bottleneck or vanilla cross-attention fusion from layer `fusion_layer`."""
 
     architecture = "mbt"
     unimodal_graphs = "stream"
     head_names = (CLS_HEAD,)
+    encoder_block_pattern = r"^encoders\.\w+\.(\d+)\."
+    embedding_prefixes = ("patch_embed.", "cls_token.", "pos_embed.", "bottleneck")
 
     def __init__(self, config: MBTConfig):
         super().__init__()
@@ -190,19 +206,37 @@ class MBT(AVClassifier):
         self, audio: Tensor | None = None, video: Tensor | None = None, present: Presence | None = None
     ) -> dict[str, Tensor]:
         """{stream: final CLS feature [B, dim]} for the streams given (not modality-pure after L_f)."""
-        self.present_modalities(audio, video)
-        tokens: dict[str, Tensor] = {}
-        if video is not None:
-            tokens[VIDEO] = self.embed(VIDEO, self.video_patches(video))
-        if audio is not None:
-            tokens[AUDIO] = self.embed(AUDIO, self.audio_patches(audio))
-        tokens = self.encode(tokens, present)
-        return {m: self.final_norm[m](x[:, 0]) for m, x in tokens.items()}
+        return self.encode_tokens(self.tokenize(audio, video), present).features
 
     def classify(self, features: dict[str, Tensor], present: Presence | None = None) -> dict[str, Tensor]:
         """Sec. 3.4: the shared classifier on each CLS, pre-softmax logits averaged (over present streams)."""
         per_stream = {m: self.classifier(f) for m, f in features.items()}
         return {CLS_HEAD: stream_average(per_stream, present)}
+
+    # --- token level (base.py) ---------------------------------------------------------
+
+    def tokenize(self, audio: Tensor | None = None, video: Tensor | None = None) -> dict[str, Tensor]:
+        """Patch tokens with their positions (E x_i + p_i of Eq. 1, no CLS), video first (Eq. 4)."""
+        self.present_modalities(audio, video)
+        tokens: dict[str, Tensor] = {}
+        if video is not None:
+            tokens[VIDEO] = self.pos_embed[VIDEO](self.video_patches(video), start=1)
+        if audio is not None:
+            tokens[AUDIO] = self.pos_embed[AUDIO](self.audio_patches(audio), start=1)
+        return tokens
+
+    def encode_tokens(self, tokens: dict[str, Tensor], present: Presence | None = None, return_tokens: bool = False) -> Encoded:
+        """Each stream's CLS joins its (possibly subsampled) tokens; features are the final CLS."""
+        encoded = self.encode({m: self.prepend_cls(m, x) for m, x in tokens.items()}, present)
+        features = {m: self.final_norm[m](x[:, 0]) for m, x in encoded.items()}
+        return Encoded(features, {m: self.final_norm[m](x[:, 1:]) for m, x in encoded.items()} if return_tokens else None)
+
+    def position_embeddings(self) -> dict[str, PositionGrid]:
+        cfg = self.config
+        return {
+            "pos_embed.audio.embedding": position_grid(self.pos_embed[AUDIO], cfg.audio_patch_grid),
+            "pos_embed.video.embedding": position_grid(self.pos_embed[VIDEO], cfg.video_patch_grid),
+        }
 
     # --- stages ------------------------------------------------------------------------
 
@@ -214,9 +248,14 @@ class MBT(AVClassifier):
         per_frame = self.patch_embed[VIDEO](self.pixel_norm(video))  # [B*T, h*w, dim]
         return per_frame.reshape(video.shape[0], -1, self.config.dim)
 
+    def prepend_cls(self, stream: str, tokens: Tensor) -> Tensor:
+        """[z_cls + p_0, tokens...]: the stream's CLS token at position 0 before its tokens."""
+        cls = self.pos_embed[stream](self.cls_token[stream]).expand(tokens.shape[0], -1, -1)
+        return torch.cat([cls, tokens], dim=1)
+
     def embed(self, stream: str, patches: Tensor) -> Tensor:
-        cls = self.cls_token[stream].expand(patches.shape[0], -1, -1)
-        return self.pos_embed[stream](torch.cat([cls, patches], dim=1))
+        """Eq. 1: [z_cls, E x_1 .. E x_N] + p for one stream's patch embeddings."""
+        return self.prepend_cls(stream, self.pos_embed[stream](patches, start=1))
 
     def encode(self, tokens: dict[str, Tensor], present: Presence | None = None, num_layers: int | None = None) -> dict[str, Tensor]:
         """Runs the first `num_layers` (default: all) layers over the streams in `tokens`."""

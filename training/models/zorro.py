@@ -21,7 +21,21 @@ import dataclasses
 import torch
 from torch import Tensor, nn
 
-from .base import AUDIO, AUDIO_ONLY, AUDIO_VIDEO, VIDEO, VIDEO_ONLY, AVClassifier, AVConfig, PatchGrid, Presence
+from .base import (
+    AUDIO,
+    AUDIO_ONLY,
+    AUDIO_VIDEO,
+    VIDEO,
+    VIDEO_ONLY,
+    AVClassifier,
+    AVConfig,
+    Encoded,
+    PatchGrid,
+    PatchTokens,
+    PositionGrid,
+    Presence,
+    position_grid,
+)
 from .layers import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -156,11 +170,13 @@ class ZorroConfig(PatchGrid, AVConfig):
 
 
 
-class ZorroViT(AVClassifier):
+class ZorroViT(PatchTokens, AVClassifier):
     """Zorro-ViT (shared or separate weights, any of the four masking schemes). See module docstring."""
 
     architecture = "zorro"
     unimodal_graphs = "head"
+    encoder_block_pattern = r"^layers\.(\d+)\."
+    embedding_prefixes = ("audio_patch_embed.", "audio_pos_embed.", "video_patch_embed.", "video_pos_embed.", "fusion_tokens")
 
     def __init__(self, config: ZorroConfig):
         super().__init__()
@@ -231,17 +247,36 @@ class ZorroViT(AVClassifier):
     ) -> dict[str, Tensor]:
         # `present` needs no handling: each head reads only its own groups, and the caller
         # drops the heads a clip lacks (base.py, "Mixed batches").
-        present = self.present_modalities(audio, video)
+        return self.encode_tokens(self.tokenize(audio, video)).features
+
+    def classify(self, features: dict[str, Tensor], present: Presence | None = None) -> dict[str, Tensor]:
+        return {head: self.classifiers[f"{head}_head"](feature) for head, feature in features.items()}
+
+    # --- token level (base.py) ---------------------------------------------------------
+
+    def tokenize(self, audio: Tensor | None = None, video: Tensor | None = None) -> dict[str, Tensor]:
+        self.present_modalities(audio, video)
         tokens: dict[str, Tensor] = {}
         if audio is not None:
             tokens[AUDIO] = self.embed_audio(audio)
         if video is not None:
             tokens[VIDEO] = self.embed_video(video)
-        tokens = self.encode(tokens, with_fusion=present == AUDIO_VIDEO and self.config.uses_fusion_tokens)
-        return self.decode(tokens, self.heads_for(present))
+        return tokens
 
-    def classify(self, features: dict[str, Tensor], present: Presence | None = None) -> dict[str, Tensor]:
-        return {head: self.classifiers[f"{head}_head"](feature) for head, feature in features.items()}
+    def encode_tokens(self, tokens: dict[str, Tensor], present: Presence | None = None, return_tokens: bool = False) -> Encoded:
+        """The masked encoder and the decoding queries over any subset of each group's tokens
+        (their positions travel with them); the fusion tokens join when both modalities do."""
+        modalities = frozenset(tokens)
+        encoded = self.encode(tokens, with_fusion=modalities == AUDIO_VIDEO and self.config.uses_fusion_tokens)
+        features = self.decode(encoded, self.heads_for(modalities))
+        return Encoded(features, {m: encoded[m] for m in tokens} if return_tokens else None)
+
+    def position_embeddings(self) -> dict[str, PositionGrid]:
+        cfg = self.config
+        return {
+            "audio_pos_embed.embedding": position_grid(self.audio_pos_embed, cfg.audio_patch_grid),
+            "video_pos_embed.embedding": position_grid(self.video_pos_embed, cfg.video_patch_grid),
+        }
 
     # --- stages ------------------------------------------------------------------------
 
