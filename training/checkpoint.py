@@ -3,13 +3,18 @@
 A run directory holds:
   run.json        what was trained: model preset name, config overrides, resolved config,
                   classes, multilabel, objective, recipe, data source, ... (RunInfo)
-  last.pt         full training state for --resume: model, projectors (contrastive), optimiser,
-                  scheduler, AMP grad scaler, step, epoch, best metric, RNG states
+  last.pt         full training state for --resume: "model" (the classifier), "modules" (one
+                  slot per extra module of the objective: "projectors", "decoder", ...),
+                  optimiser, scheduler, AMP grad scaler, step, epoch, best metric, RNG states
   best.pt         the same, at the best evaluation so far (what the exporter loads)
   metrics.jsonl   one JSON object per log line / evaluation
   eval.json       per-head and averaged metrics of the best and the last evaluation
 
-`load_run(run_dir)` rebuilds the trained model from run.json + best.pt without the trainer.
+`load_run(run_dir)` rebuilds the trained model from run.json + best.pt without the trainer;
+`init_from(model, run_dir)` starts a fine-tuning from a run's classifier weights.
+
+Format history: version 1 before the objectives refactor kept the contrastive projectors under
+"projectors" (None for other objectives) instead of "modules"; `module_states` reads both.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ LAST = "last.pt"
 BEST = "best.pt"
 METRICS_FILE = "metrics.jsonl"
 EVAL_FILE = "eval.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+MODULES = "modules"  # the checkpoint key of the objective's extra modules, one slot each
 
 
 class CheckpointError(RuntimeError):
@@ -42,6 +48,7 @@ class RunInfo:
     classes: list[str]
     multilabel: bool
     objective: str = "supervised"
+    objective_options: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)  # resolved model config (informational)
     data: str | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
@@ -134,6 +141,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
+def module_states(state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{slot: state dict} of the objective's extra modules in a checkpoint of any format version."""
+    if MODULES in state:
+        return dict(state[MODULES])
+    legacy = state.get("projectors")  # format 1: the contrastive projectors, or None
+    return {"projectors": legacy} if legacy is not None else {}
+
+
 def resolve_checkpoint(run_or_file: str | Path, prefer: str = "best") -> Path:
     """A checkpoint file: `run_or_file` itself if it is a file, else RUN/best.pt (or last.pt)."""
     p = Path(run_or_file)
@@ -182,33 +197,77 @@ class InitReport:
     missing: list[str]  # in the model, not in the checkpoint (left as initialised)
     unexpected: list[str]  # in the checkpoint, not in the model (ignored)
     mismatched: list[str]  # same name, different shape (left as initialised), "name: ckpt -> model"
+    resized: list[str] = field(default_factory=list)  # position embeddings interpolated, "name: ckpt -> model"
 
     def summary(self) -> str:
         def short(names: list[str]) -> str:
             return ", ".join(names[:6]) + (f", ... (+{len(names) - 6})" if len(names) > 6 else "")
 
         lines = [f"init from {self.source}: loaded {len(self.loaded)} tensors"]
-        for label, names in (("missing", self.missing), ("unexpected", self.unexpected), ("shape-mismatched", self.mismatched)):
+        for label, names in (
+            ("resized", self.resized),
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("shape-mismatched", self.mismatched),
+        ):
             if names:
                 lines.append(f"  {label} ({len(names)}): {short(names)}")
         return "\n".join(lines)
 
 
 def init_from(model: torch.nn.Module, source: str | Path) -> InitReport:
-    """Loads every tensor of `source` (a run dir: best.pt, else last.pt; or a .pt file) whose name
-    and shape match the model; reports the rest. Projector weights of a contrastive run live
-    under a separate key and are therefore never loaded (dropped for fine-tuning)."""
+    """Loads every tensor of `source`'s classifier (a run dir: best.pt, else last.pt; or a .pt
+    file) whose name matches the model; reports the rest. A position embedding whose token grid
+    differs (another clip length, frame count or image size) is resized by interpolation when
+    both models describe their grids (`position_embeddings()`, training/models/base.py); other
+    shape mismatches are left as initialised. An objective's extra modules (projectors, decoders)
+    live outside "model" and are never loaded: fine-tuning drops them."""
     path = resolve_checkpoint(source, prefer="best")
     state = load_checkpoint(path)["model"]
     own = model.state_dict()
-    loadable, mismatched = {}, []
+    target_grids = model.position_embeddings() if hasattr(model, "position_embeddings") else {}
+    source_grids = _source_position_grids(path) if any(k in state for k in target_grids) else {}
+    loadable, mismatched, resized = {}, [], []
     for key, value in state.items():
-        if key in own:
-            if tuple(own[key].shape) == tuple(value.shape):
-                loadable[key] = value
-            else:
-                mismatched.append(f"{key}: {tuple(value.shape)} -> {tuple(own[key].shape)}")
+        if key not in own:
+            continue
+        if tuple(own[key].shape) == tuple(value.shape):
+            loadable[key] = value
+        elif key in target_grids and key in source_grids:
+            loadable[key] = resize_position_embedding(value, source_grids[key], target_grids[key])
+            resized.append(f"{key}: {tuple(value.shape)} -> {tuple(own[key].shape)}")
+        else:
+            mismatched.append(f"{key}: {tuple(value.shape)} -> {tuple(own[key].shape)}")
     result = model.load_state_dict(loadable, strict=False)
     missing = [k for k in result.missing_keys]
     unexpected = [k for k in state if k not in own]
-    return InitReport(str(path), sorted(loadable), missing, unexpected, mismatched)
+    return InitReport(str(path), sorted(loadable), missing, unexpected, mismatched, resized)
+
+
+def _source_position_grids(checkpoint: Path) -> dict:
+    """The position grids of the model a checkpoint was trained as (its run.json), built on the
+    meta device (no memory); empty when the checkpoint has no run.json beside it."""
+    from training.models import create_model
+
+    try:
+        info = read_run_info(checkpoint.parent)
+    except CheckpointError:
+        return {}
+    with torch.device("meta"):
+        source = create_model(info.model, **info.model_overrides())
+    return source.position_embeddings()
+
+
+def resize_position_embedding(embedding: torch.Tensor, source, target) -> torch.Tensor:
+    """[1, prefix + prod(source.grid), D] -> [1, prefix + prod(target.grid), D]: the prefix (CLS)
+    tokens kept, the grid part interpolated (bicubic over 2-D grids, as ViT / VATT fine-tuning
+    resize them; trilinear over 3-D frame x row x column grids)."""
+    if source.prefix_tokens != target.prefix_tokens or len(source.grid) != len(target.grid):
+        raise CheckpointError(f"cannot resize a position embedding over {source} to {target}")
+    prefix, grid = embedding[:, : source.prefix_tokens], embedding[:, source.prefix_tokens :]
+    dim = grid.shape[-1]
+    volume = grid.reshape(1, *source.grid, dim).movedim(-1, 1).float()  # [1, D, *grid]
+    mode = {1: "linear", 2: "bicubic", 3: "trilinear"}[len(source.grid)]
+    resized = torch.nn.functional.interpolate(volume, size=tuple(target.grid), mode=mode, align_corners=False)
+    resized = resized.movedim(1, -1).reshape(1, -1, dim).to(embedding.dtype)
+    return torch.cat([prefix, resized], dim=1)

@@ -11,6 +11,7 @@ prediction is what the exported graph answers: the mean of the logits of the cli
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,23 +97,26 @@ def presence(audio, video, has_audio: torch.Tensor, has_video: torch.Tensor, dev
 
 
 @torch.no_grad()
-def collect_outputs(model: torch.nn.Module, loader, device: torch.device, autocast=None, use_presence: bool = True) -> CollectedOutputs:
-    """Run `model` over an AVClipDataset loader, keeping every output and the clips' flags.
+def batch_logits(model: torch.nn.Module, batch: dict, device: torch.device, autocast=None, use_presence: bool = True) -> dict[str, np.ndarray]:
+    """{output: float32 [B, C]} of `model` on one AVClipDataset batch (every head and "logits").
 
     `use_presence=False` does not tell the model which clips lack an input, so zeros are taken as
     real input: what an exported audio+video graph does with a zero-filled request."""
-    import contextlib
+    audio = batch["audio"].to(device) if "audio" in batch else None
+    video = batch["video"].to(device) if "video" in batch else None
+    present = presence(audio, video, batch["has_audio"], batch["has_video"], device) if use_presence else None
+    with autocast() if autocast else contextlib.nullcontext():
+        out = model(audio=audio, video=video, present=present)
+    return {key: value.float().cpu().numpy() for key, value in out.items()}
 
+
+def collect_outputs(model: torch.nn.Module, loader, device: torch.device, autocast=None, use_presence: bool = True) -> CollectedOutputs:
+    """Run `model` over an AVClipDataset loader (batch_logits), keeping every output and the clips' flags."""
     index, target, has_audio, has_video = [], [], [], []
     logits: dict[str, list[np.ndarray]] = {}
     for batch in loader:
-        audio = batch["audio"].to(device) if "audio" in batch else None
-        video = batch["video"].to(device) if "video" in batch else None
-        present = presence(audio, video, batch["has_audio"], batch["has_video"], device) if use_presence else None
-        with autocast() if autocast else contextlib.nullcontext():
-            out = model(audio=audio, video=video, present=present)
-        for key, value in out.items():
-            logits.setdefault(key, []).append(value.float().cpu().numpy())
+        for key, value in batch_logits(model, batch, device, autocast, use_presence).items():
+            logits.setdefault(key, []).append(value)
         index.append(batch["index"].numpy())
         target.append(batch["target"].numpy())
         has_audio.append(batch["has_audio"].numpy())

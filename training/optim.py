@@ -11,15 +11,30 @@ multiplied by global_batch/256. Off by default (the Table 5 LRs are used as give
 Schedule: linear warm-up from 0 to the peak LR over `warmup_steps`, then cosine decay to
 `final_lr_fraction * peak` at the last step (Zorro: "cosine-decay LR schedule ... and LR
 warm-up"; the warm-up length is not stated, we default to 5 % of the steps; MBT: 2.5 epochs).
+
+Parameter groups (`parameter_groups`), the same for every recipe:
+  * weight decay only on the weights of Linear / Conv / Embedding layers: never on norms,
+    biases, position embeddings or learned tokens (CLS, fusion, bottleneck, queries; the BERT /
+    ViT / MAE convention), nor on what a model lists in `no_weight_decay()`;
+  * `layer_decay` (AV-MAE Table 16: 0.75): the LR of layer id i is lr * decay^(top - i), with
+    ids from the model (embeddings 0, encoder block k at k + 1; training/models/base.py), so
+    the pretrained bottom of the network moves least; the objective's extra modules sit at the
+    top;
+  * `lr_scale`: (fnmatch pattern over parameter names, multiplier) pairs, e.g. PEMT's orthogonal
+    matrices at 1/10 of the LR. Names are the checkpoint's: model parameters as in the model's
+    state dict, an objective's extra modules as "<slot>.<name>" (e.g. "projectors.proj.audio...").
+The LR schedule multiplies every group's own LR by the same factor.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, replace
-from typing import Iterable
 
 import torch
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -35,6 +50,9 @@ class Recipe:
     label_smoothing: float = 0.0
     mixup_alpha: float = 0.0
     modality_mixup: bool = False  # MBT Sec. 4.2: an independent mixup lambda per modality
+    betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw (torch's default)
+    layer_decay: float | None = None  # layer-wise LR decay factor (None: off)
+    lr_scale: tuple[tuple[str, float], ...] = ()  # (parameter name pattern, LR multiplier)
     source: str = ""
 
     def to_dict(self) -> dict:
@@ -70,18 +88,21 @@ RECIPES: dict[str, Recipe] = {
             modality_mixup=True,
             source="MBT B3: synchronous SGD m=0.9, base LR 0.5, cosine, 2.5-epoch warm-up, modality mixup 0.3 (batch 64)",
         ),
+        Recipe(
+            "masked",
+            "adam",
+            3e-4,
+            0.0,
+            betas=(0.9, 0.95),
+            warmup_epochs=40,
+            source="AV-MAE Table 14: Adam (0.9, 0.95), no weight decay, base LR 3e-4 at batch 512, cosine, 40 warm-up epochs",
+        ),
     ]
 }
 
 
 def list_recipes() -> list[str]:
     return sorted(RECIPES)
-
-
-def default_recipe(objective: str, finetune: bool) -> str:
-    if objective == "contrastive":
-        return "contrastive"
-    return "finetune" if finetune else "supervised_scratch"
 
 
 def resolve_recipe(name: str, **overrides) -> Recipe:
@@ -123,12 +144,62 @@ def effective_lr(recipe: Recipe, global_batch: int, scale_lr: bool, reference_ba
     return recipe.lr * (global_batch / reference_batch if scale_lr else 1.0)
 
 
-def build_optimizer(params: Iterable[torch.nn.Parameter], recipe: Recipe, lr: float) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+# Modules whose `weight` is a learned projection (decayed); every other parameter is not.
+DECAYED_WEIGHT_OWNERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
+
+
+def parameter_groups(
+    model: nn.Module, extra_modules: Mapping[str, nn.Module], recipe: Recipe, lr: float
+) -> list[dict]:
+    """Optimiser parameter groups for `model` (an AVClassifier) and an objective's extra modules
+    (slot name -> module): see the module docstring. Each group has "params", "lr",
+    "weight_decay" and a readable "name"; groups are ordered by first parameter."""
+    no_decay_names = set(getattr(model, "no_weight_decay", lambda: set())())
+    top_layer = int(getattr(model, "num_layer_ids", 1)) - 1
+    groups: dict[tuple[bool, float], dict] = {}
+
+    def add(prefix: str, module: nn.Module, layer_of) -> None:
+        for owner_name, owner in module.named_modules():
+            for param_name, param in owner.named_parameters(recurse=False):
+                if not param.requires_grad:
+                    continue
+                local = f"{owner_name}.{param_name}" if owner_name else param_name
+                name = f"{prefix}{local}"
+                decay = isinstance(owner, DECAYED_WEIGHT_OWNERS) and param_name == "weight" and local not in no_decay_names
+                scale = _lr_multiplier(recipe, name, layer_of(local), top_layer)
+                key = (decay, scale)
+                if key not in groups:
+                    groups[key] = {
+                        "params": [],
+                        "lr": lr * scale,
+                        "weight_decay": recipe.weight_decay if decay else 0.0,
+                        "name": f"{'decay' if decay else 'no_decay'} x{scale:.4g}",
+                    }
+                groups[key]["params"].append(param)
+
+    add("", model, getattr(model, "layer_id", lambda name: top_layer))
+    for slot, module in extra_modules.items():
+        add(f"{slot}.", module, lambda name: top_layer)
+    return list(groups.values())
+
+
+def _lr_multiplier(recipe: Recipe, name: str, layer: int, top_layer: int) -> float:
+    scale = recipe.layer_decay ** (top_layer - layer) if recipe.layer_decay else 1.0
+    for pattern, multiplier in recipe.lr_scale:
+        if fnmatch.fnmatchcase(name, pattern):
+            scale *= multiplier
+    return scale
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter] | list[dict], recipe: Recipe, lr: float) -> torch.optim.Optimizer:
+    """The recipe's optimiser over parameters, or over `parameter_groups` (their own LR and decay)."""
+    params = list(params)
+    if params and not isinstance(params[0], dict):
+        params = [p for p in params if p.requires_grad]
     if recipe.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=recipe.weight_decay)
+        return torch.optim.Adam(params, lr=lr, betas=recipe.betas, weight_decay=recipe.weight_decay)
     if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=recipe.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, betas=recipe.betas, weight_decay=recipe.weight_decay)
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}")

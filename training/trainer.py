@@ -1,35 +1,34 @@
-"""One Trainer for every architecture in `training.models`.
+"""One Trainer for every architecture in `training.models` and every objective in `training.objectives`.
 
     cfg = TrainConfig(model="zorro_tiny", data="data/synth", out="runs/z1", steps=200, lr=1e-3)
     summary = Trainer(cfg).fit()
 
-Objectives
-  supervised   one loss per head (training.losses.supervised_loss), mixup / label smoothing from
-               the recipe; evaluation per head + head-averaged prediction (top-1, top-5, mAP).
-  contrastive  Zorro's audio-visual NCE on forward_features through MLP projectors wrapped with
-               the model (dropped afterwards); evaluation: NCE on the eval split and audio->video
-               retrieval top-1.
+The trainer runs the loop: data, steps, DDP, AMP, evaluation, checkpoints and resume. What is
+optimised is the objective's business (training/objectives/: its extra modules, loss,
+evaluation, default recipe, whether it needs labels); the trainer knows no objective by name.
 
-Fine-tuning: `init_from=RUN_DIR` loads every matching tensor of that run's best.pt (last.pt if
-there is no best.pt) and reports missing / unexpected / shape-mismatched keys (e.g. the
-classifier of a different class count). The default recipe is then `finetune` (SGD, Table 5).
+Fine-tuning: `init_from=RUN_DIR` loads every matching tensor of that run's classifier
+(best.pt, else last.pt), resizes position embeddings of another token grid, and reports
+missing / unexpected / shape-mismatched keys (e.g. the classifier of a different class count);
+an objective's extra modules are never loaded. The default recipe is then the objective's
+fine-tuning one.
 
-Missing modalities (`missing="zero"` default for supervised): a clip without audio (video) gets
-zeros + a flag; the model gets the flags as `present` (training/models/base.py, "Mixed
-batches") and the loss of each head is only computed on clips for which the head exists
-(`model.heads_for(present)`; nothing if the present set is not servable by the model).
-`missing="skip"` (default for contrastive) drops such clips. `modality_dropout=p` also turns
-a fraction p of the audio+video clips of each batch into audio-only or video-only ones
-(training.augment.drop_modalities), which is how MBT learns its unimodal routes.
+Missing modalities: `missing` ("zero" or "skip"; default: the objective's). With "zero" a clip
+without audio (video) gets zeros + a flag, the model gets the flags as `present`
+(training/models/base.py, "Mixed batches"), and an objective's loss only counts what exists
+for each clip (e.g. a head's loss only on the clips that head serves). `modality_dropout=p`
+(objectives that support it) turns a fraction p of the audio+video clips of each batch into
+audio-only or video-only ones.
 
 Files (rank 0 only): RUN_DIR/run.json, last.pt, best.pt, metrics.jsonl, eval.json (see
-training.checkpoint). `resume=True` restores model, projectors, optimiser, scheduler, grad
-scaler, step, best metric and RNG states from last.pt and continues mid-epoch at the next unseen
-batch (the sampler is a pure function of (seed, epoch), items of (seed, epoch, index)).
+training.checkpoint). `resume=True` restores model, the objective's modules, optimiser,
+scheduler, grad scaler, step, best metric and RNG states from last.pt and continues mid-epoch at
+the next unseen batch (the sampler is a pure function of (seed, epoch), items of
+(seed, epoch, index)).
 
-Distributed: under torchrun every rank builds the same model (seeded), wraps it in DDP (gloo on
-CPU, NCCL on CUDA) and reads its shard of each epoch; contrastive negatives are all-gathered.
-`batch_size` is per process; the global batch is batch_size * world_size.
+Distributed: under torchrun every rank builds the same model (seeded), wraps model + objective
+modules in DDP (gloo on CPU, NCCL on CUDA) and reads its shard of each epoch; evaluation outputs
+are gathered to rank 0. `batch_size` is per process; the global batch is batch_size * world_size.
 
 Mixed precision (`amp`): "auto" = bf16 autocast on CUDA devices that support it, else fp16 with a
 GradScaler; off on CPU. "bf16" / "fp16" force it (CPU: bf16 autocast only), "off" disables.
@@ -38,85 +37,31 @@ GradScaler; off on CPU. "bf16" / "fp16" force it (CPU: bf16 autocast only), "off
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import random
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn as nn
 
 from training import checkpoint as ckpt
 from training import distributed as D
-from training.augment import VideoAugmentConfig, drop_modalities, mixup
-from training.losses import ContrastiveProjectors, contrastive_loss, smooth_targets, supervised_loss
-from training.evaluate import collect_outputs, presence, score_outputs, valid_head_masks
-from training.optim import Schedule, build_optimizer, build_scheduler, default_recipe, effective_lr, resolve_recipe, warmup_steps_for
+from training.augment import VideoAugmentConfig
+from training.config import TrainConfig
+from training.errors import TrainError
+from training.objectives import ObjectiveSetup, StepContext, TrainingModule, concatenate, get_objective, select
+from training.optim import Schedule, build_optimizer, build_scheduler, effective_lr, parameter_groups, resolve_recipe, warmup_steps_for
 
-OBJECTIVES = ("supervised", "contrastive")
-
-
-class TrainError(RuntimeError):
-    """A user-facing problem (bad model name, dataset, options); the CLI prints it in one line."""
-
-
-@dataclass
-class TrainConfig:
-    model: str
-    data: str | Path
-    out: str | Path
-    objective: str = "supervised"
-    epochs: float | None = None  # one of epochs / steps; neither -> 10 epochs
-    steps: int | None = None
-    batch_size: int = 8  # per process
-    workers: int = 0
-    overrides: dict[str, Any] = field(default_factory=dict)  # model config fields
-    recipe: str | None = None  # default: supervised_scratch / finetune / contrastive
-    lr: float | None = None
-    weight_decay: float | None = None
-    warmup_steps: int | None = None
-    scale_lr: bool = False  # multiply the recipe LR by global_batch / 256 (Zorro)
-    label_smoothing: float | None = None
-    mixup_alpha: float | None = None
-    modality_mixup: bool | None = None  # one mixup lambda per modality (MBT); default: the recipe's
-    grad_clip: float | None = None
-    init_from: str | Path | None = None
-    resume: bool = False
-    train_split: str = "train"
-    eval_split: str | None = "val"  # None: no evaluation; missing split falls back to "test"
-    missing: str | None = None  # "zero" | "skip"; default zero (supervised) / skip (contrastive)
-    modality_dropout: float = 0.0  # fraction of audio+video clips made unimodal (supervised only)
-    amp: str = "auto"
-    device: str = "auto"
-    seed: int = 0
-    eval_every: int | None = None  # steps; default once per epoch (and always at the end)
-    log_every: int = 10
-    progress: bool = True
-    max_eval_clips: int | None = None
-    stop_at: int | None = None  # stop (after a checkpoint) at this step, keeping the schedule of
-    # `steps`; the run continues with resume=True (e.g. to split a long run into jobs)
+__all__ = ["TrainConfig", "TrainError", "Trainer", "train"]
 
 
 # ---------------------------------------------------------------------------------------------
-
-
-class _Net(nn.Module):
-    """Model (+ projectors) as ONE module, so that DDP sees a single forward per step."""
-
-    def __init__(self, model: nn.Module, projectors: nn.Module | None):
-        super().__init__()
-        self.model = model
-        self.projectors = projectors
-
-    def forward(self, audio=None, video=None, present=None):
-        if self.projectors is not None:
-            return self.projectors(self.model.forward_features(audio=audio, video=video, present=present))
-        return self.model(audio=audio, video=video, present=present)
 
 
 def _parse_amp(amp: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -153,40 +98,45 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
-        if cfg.objective not in OBJECTIVES:
-            raise TrainError(f"unknown objective {cfg.objective!r}; choose from {', '.join(OBJECTIVES)}")
         if cfg.batch_size < 1:
             raise TrainError("--batch-size must be >= 1")
         if cfg.epochs is not None and cfg.steps is not None:
             raise TrainError("give --epochs or --steps, not both")
         if not 0.0 <= cfg.modality_dropout < 1.0:
             raise TrainError(f"--modality-dropout must be in [0, 1), not {cfg.modality_dropout}")
-        if cfg.modality_dropout and cfg.objective != "supervised":
-            raise TrainError("--modality-dropout applies to the supervised objective only")
+        self.objective_type = get_objective(cfg.objective)
+        if cfg.modality_dropout and not self.objective_type.supports_modality_dropout:
+            raise TrainError(f"--modality-dropout does not apply to the {cfg.objective} objective")
+        self.objective_options = self.objective_type.parse_options(cfg.objective_options)
+        if cfg.missing not in (None, "zero", "skip"):
+            raise TrainError(f"--missing must be zero or skip, not {cfg.missing!r}")
+        self.missing = cfg.missing or self.objective_type.default_missing
         self.out = Path(cfg.out)
         self.dist = D.init_distributed(cfg.device)
         self.device = self.dist.device
-        self.contrastive = cfg.objective == "contrastive"
-        self.missing = cfg.missing or ("skip" if self.contrastive else "zero")
         self._log_file = None
-        self._prepare()
-
-    # -----------------------------------------------------------------------------------
-    # set-up
+        self._setup_run()
+        self._setup_model()
+        self._setup_data()
+        self._setup_optimisation()
+        self._setup_state()
 
     def _log(self, message: str) -> None:
         if self.dist.is_main:
             print(message, file=sys.stderr, flush=True)
 
-    def _prepare(self) -> None:
-        cfg = self.cfg
-        from training.data.dataset import AVClipDataset, Preprocessing
-        from training.data.records import DatasetError, load_records
+    # -----------------------------------------------------------------------------------
+    # set-up, in order: run, model, data, optimisation, state
 
-        # resume: the run.json of the directory is the source of truth for the model
+    def _setup_run(self) -> None:
+        """What is trained (resume: the run directory's run.json says), on which labels, with
+        which recipe. Cheap checks first: a typo in the model name should not wait for data."""
+        from training.data.records import DatasetError, load_records
+        from training.models import get_model_config
+
+        cfg = self.cfg
         self.resume_path = self.out / ckpt.LAST
         overrides = dict(cfg.overrides)
-        model_name = cfg.model
         if cfg.resume:
             if not self.resume_path.is_file():
                 raise TrainError(f"--resume: no {ckpt.LAST} in {self.out}")
@@ -196,53 +146,53 @@ class Trainer:
             overrides = {**info.overrides, **overrides}
         elif self.resume_path.is_file():
             raise TrainError(f"{self.out} already holds a run ({ckpt.LAST}); pass --resume or choose another --out")
-
-        # the model name and overrides first: cheap, and the likelier typo
-        from training.models import create_model, get_model_config
-
+        self.model_name = cfg.model
+        self.overrides = {k: v for k, v in overrides.items() if k != "num_classes"}
         try:
-            get_model_config(model_name, **{k: v for k, v in overrides.items() if k != "num_classes"})
+            get_model_config(self.model_name, **self.overrides)
         except KeyError as error:
             raise TrainError(error.args[0] if error.args else str(error)) from None
         except (TypeError, ValueError) as error:
-            raise TrainError(f"bad model config for {model_name!r}: {error}") from None
+            raise TrainError(f"bad model config for {self.model_name!r}: {error}") from None
 
-        # data
         try:
-            records = load_records(cfg.data)
+            self.records = load_records(cfg.data)
         except DatasetError as error:
             raise TrainError(str(error)) from None
         except FileNotFoundError as error:
             raise TrainError(f"dataset not found: {error}") from None
-        self.records = records
-        self.classes = list(records.classes)
-        self.multilabel = bool(records.multilabel)
-        train_records = records.split(cfg.train_split)
-        if len(train_records.records) == 0:
-            raise TrainError(f"split {cfg.train_split!r} of {cfg.data} is empty")
-        eval_records = None
-        self.eval_split = None
-        if cfg.eval_split:
-            for name in dict.fromkeys([cfg.eval_split, "test"]):
-                candidate = records.split(name)
-                if len(candidate.records):
-                    eval_records, self.eval_split = candidate, name
-                    break
-            if eval_records is None:
-                self._log(f"note: no {cfg.eval_split!r} (or 'test') clips: no evaluation; best.pt = last.pt")
+        self.classes = list(self.records.classes)
+        self.multilabel = bool(self.records.multilabel)
 
-        # model (same init on every rank)
-        torch.manual_seed(cfg.seed)
-
-        self.model_name = model_name
-        self.overrides = {k: v for k, v in overrides.items() if k != "num_classes"}
+        recipe_name = cfg.recipe or self.objective_type.default_recipe(finetune=bool(cfg.init_from))
         try:
-            get_model_config(model_name, **self.overrides, num_classes=len(self.classes))
-            model = create_model(model_name, **self.overrides, num_classes=len(self.classes))
+            self.recipe = resolve_recipe(
+                recipe_name,
+                lr=cfg.lr,
+                weight_decay=cfg.weight_decay,
+                layer_decay=cfg.layer_decay,
+                label_smoothing=cfg.label_smoothing,
+                mixup_alpha=cfg.mixup_alpha,
+                modality_mixup=cfg.modality_mixup,
+            )
+        except KeyError as error:
+            raise TrainError(error.args[0]) from None
+        if not self.objective_type.needs_labels:  # mixup and label smoothing act on labels
+            self.recipe = replace(self.recipe, mixup_alpha=0.0, label_smoothing=0.0)
+
+    def _setup_model(self) -> None:
+        """The classifier (same initialisation on every rank), --init-from, and the objective
+        with its extra modules (initialised from seed + 1, whatever the model's size)."""
+        from training.models import create_model
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        try:
+            model = create_model(self.model_name, **self.overrides, num_classes=len(self.classes))
         except KeyError as error:
             raise TrainError(error.args[0] if error.args else str(error)) from None
         except (TypeError, ValueError) as error:
-            raise TrainError(f"bad model config for {model_name!r}: {error}") from None
+            raise TrainError(f"bad model config for {self.model_name!r}: {error}") from None
         self.model = model.to(self.device)
         self.init_report = None
         if cfg.init_from and not cfg.resume:
@@ -252,42 +202,65 @@ class Trainer:
                 raise TrainError(f"--init-from: {error}") from None
             self._log(self.init_report.summary())
 
-        self.projectors = None
-        if self.contrastive:
-            torch.manual_seed(cfg.seed + 1)
-            self.projectors = ContrastiveProjectors(int(model.feature_dim)).to(self.device)
+        torch.manual_seed(cfg.seed + 1)
+        setup = ObjectiveSetup(
+            model=self.model,
+            classes=self.classes,
+            multilabel=self.multilabel,
+            recipe=self.recipe,
+            modality_dropout=cfg.modality_dropout,
+            options=self.objective_options,
+        )
+        self.objective = self.objective_type(setup).to(self.device)
+        self.objective.configure_model(self.model)
+        self.net = TrainingModule(self.model, self.objective).to(self.device)
+        # the model takes its largest servable input set
+        self.input_modalities = max((frozenset(m) for m in model.servable_modalities), key=len)
 
-        # which inputs the model takes: its largest servable input set
-        servable = [frozenset(m) for m in model.servable_modalities]
-        self.input_modalities = max(servable, key=len)
-        self.head_names = tuple(model.head_names)
+    def _setup_data(self) -> None:
+        """The train and evaluation datasets, and the step counts they imply."""
+        from training.data.dataset import AVClipDataset, Preprocessing
 
-        pre = Preprocessing.from_config(model.config)
-        mods = tuple(sorted(self.input_modalities))
-        video_augment = VideoAugmentConfig(hflip_prob=float(model.config.video_hflip_prob))
+        cfg = self.cfg
+        train_records = self.records.split(cfg.train_split)
+        if len(train_records.records) == 0:
+            raise TrainError(f"split {cfg.train_split!r} of {cfg.data} is empty")
+        eval_records = None
+        self.eval_split = None
+        if cfg.eval_split:
+            for name in dict.fromkeys([cfg.eval_split, "test"]):
+                candidate = self.records.split(name)
+                if len(candidate.records):
+                    eval_records, self.eval_split = candidate, name
+                    break
+            if eval_records is None:
+                self._log(f"note: no {cfg.eval_split!r} (or 'test') clips: no evaluation; best.pt = last.pt")
+
+        config = self.model.config
+        pre = Preprocessing.from_config(config)
+        modalities = tuple(sorted(self.input_modalities))
         self.train_set = AVClipDataset(
             train_records.records,
             self.classes,
             self.multilabel,
             pre,
             train=True,
-            modalities=mods,
+            modalities=modalities,
             missing=self.missing,
             seed=cfg.seed,
-            video_augment=video_augment,
+            video_augment=VideoAugmentConfig(hflip_prob=float(config.video_hflip_prob)),
         )
         if len(self.train_set) == 0:
-            raise TrainError(f"split {cfg.train_split!r} has no clip with the modalities {sorted(mods)} the model needs")
+            raise TrainError(f"split {cfg.train_split!r} has no clip with the modalities {sorted(modalities)} the model needs")
         self.eval_set = None
         if eval_records is not None:
-            ev = eval_records.records
-            if cfg.max_eval_clips:
-                ev = ev[: cfg.max_eval_clips]
-            self.eval_set = AVClipDataset(ev, self.classes, self.multilabel, pre, train=False, modalities=mods, missing=self.missing, seed=cfg.seed)
+            clips = eval_records.records[: cfg.max_eval_clips] if cfg.max_eval_clips else eval_records.records
+            self.eval_set = AVClipDataset(
+                clips, self.classes, self.multilabel, pre, train=False, modalities=modalities, missing=self.missing, seed=cfg.seed
+            )
             if len(self.eval_set) == 0:
                 self.eval_set = None
 
-        # steps
         world = self.dist.world_size
         per_rank = len(self.train_set) // world if len(self.train_set) >= world else 1
         self.drop_last = per_rank >= cfg.batch_size
@@ -300,26 +273,14 @@ class Trainer:
             raise TrainError("--steps must be >= 1")
         self.global_batch = cfg.batch_size * world
 
-        # optimisation
-        recipe_name = cfg.recipe or default_recipe(cfg.objective, finetune=bool(cfg.init_from))
-        try:
-            self.recipe = resolve_recipe(
-                recipe_name,
-                lr=cfg.lr,
-                weight_decay=cfg.weight_decay,
-                label_smoothing=cfg.label_smoothing,
-                mixup_alpha=cfg.mixup_alpha,
-                modality_mixup=cfg.modality_mixup,
-            )
-        except KeyError as error:
-            raise TrainError(error.args[0]) from None
-        if self.contrastive:  # no labels: mixup / smoothing do not apply
-            self.recipe = replace(self.recipe, mixup_alpha=0.0, label_smoothing=0.0)
+    def _setup_optimisation(self) -> None:
+        """Schedule, optimiser (parameter groups: training/optim.py), AMP and the DDP wrapper."""
+        cfg = self.cfg
         self.peak_lr = effective_lr(self.recipe, self.global_batch, cfg.scale_lr)
         self.warmup = warmup_steps_for(self.recipe, self.total_steps, self.steps_per_epoch, cfg.warmup_steps)
         self.schedule = Schedule(self.peak_lr, self.total_steps, self.warmup, self.recipe.final_lr_fraction)
-        self.net = _Net(self.model, self.projectors).to(self.device)
-        self.optimizer = build_optimizer(self.net.parameters(), self.recipe, self.peak_lr)
+        groups = parameter_groups(self.model, dict(self.objective.named_children()), self.recipe, self.peak_lr)
+        self.optimizer = build_optimizer(groups, self.recipe, self.peak_lr)
         self.scheduler = build_scheduler(self.optimizer, self.schedule)
         self.amp_dtype, use_scaler = _parse_amp(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
@@ -329,9 +290,11 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # contrastive leaves the classifiers and the global query unused
-            self.ddp = DDP(self.net, device_ids=ids, find_unused_parameters=self.contrastive)
+            self.ddp = DDP(self.net, device_ids=ids, find_unused_parameters=not self.objective.uses_every_parameter)
 
+    def _setup_state(self) -> None:
+        """Step, best metric, random generators (restored on resume) and run.json's record."""
+        cfg = self.cfg
         self.step = 0
         self.best_metric = -math.inf
         self.best_eval: dict | None = None
@@ -342,6 +305,7 @@ class Trainer:
         np.random.seed(cfg.seed + self.dist.rank)
         if cfg.resume:
             self._load_resume()
+        self.context = StepContext(self.model, self.device, self.np_rng, self._autocast)
 
         self.run_info = ckpt.RunInfo(
             model=self.model_name,
@@ -349,13 +313,14 @@ class Trainer:
             classes=self.classes,
             multilabel=self.multilabel,
             objective=cfg.objective,
-            config=ckpt.config_to_dict(model.config),
+            objective_options=dataclasses.asdict(self.objective_options),
+            config=ckpt.config_to_dict(self.model.config),
             data=str(cfg.data),
             recipe={**self.recipe.to_dict(), "peak_lr": self.peak_lr, "warmup_steps": self.warmup, "scale_lr": cfg.scale_lr},
             train={
                 "batch_size_per_process": cfg.batch_size,
                 "global_batch": self.global_batch,
-                "world_size": world,
+                "world_size": self.dist.world_size,
                 "total_steps": self.total_steps,
                 "steps_per_epoch": self.steps_per_epoch,
                 "train_clips": len(self.train_set),
@@ -368,6 +333,10 @@ class Trainer:
                 "device": str(self.device),
                 "seed": cfg.seed,
                 "grad_clip": cfg.grad_clip,
+                "optimizer_groups": [
+                    {"name": g["name"], "parameters": len(g["params"]), "lr": g["lr"], "weight_decay": g["weight_decay"]}
+                    for g in self.optimizer.param_groups
+                ],
             },
             init_from=str(cfg.init_from) if cfg.init_from else None,
         )
@@ -407,7 +376,7 @@ class Trainer:
     def _state(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
-            "projectors": self.projectors.state_dict() if self.projectors is not None else None,
+            ckpt.MODULES: {slot: module.state_dict() for slot, module in self.objective.named_children()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -427,9 +396,15 @@ class Trainer:
         except ckpt.CheckpointError as error:
             raise TrainError(f"--resume: {error}") from None
         self.model.load_state_dict(state["model"])
-        if self.projectors is not None and state.get("projectors") is not None:
-            self.projectors.load_state_dict(state["projectors"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        saved = ckpt.module_states(state)
+        for slot, module in self.objective.named_children():
+            if slot not in saved:
+                raise TrainError(f"--resume: {self.resume_path} has no {slot!r} for the {self.cfg.objective} objective")
+            module.load_state_dict(saved[slot])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as error:  # e.g. a checkpoint written before parameter groups existed
+            raise TrainError(f"--resume: the optimiser state in {self.resume_path} does not fit this run: {error}") from None
         self.scheduler.load_state_dict(state["scheduler"])
         # a changed --steps/--epochs on resume stretches the schedule
         self.schedule.total_steps = self.total_steps
@@ -461,60 +436,13 @@ class Trainer:
     # -----------------------------------------------------------------------------------
     # one step
 
-    def _valid_masks(self, has_audio: torch.Tensor, has_video: torch.Tensor) -> dict[str, torch.Tensor]:
-        """{head: bool [B]}: the head exists for the clip's present modalities."""
-        masks = valid_head_masks(self.model, has_audio.numpy(), has_video.numpy())
-        return {h: torch.from_numpy(m).to(self.device) for h, m in masks.items()}
-
-    def _inputs(self, batch: dict[str, torch.Tensor]):
-        audio = batch["audio"].to(self.device, non_blocking=True) if "audio" in batch else None
-        video = batch["video"].to(self.device, non_blocking=True) if "video" in batch else None
-        return audio, video
-
     def _autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def _train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float]:
-        audio, video = self._inputs(batch)
-        has_a, has_v = batch["has_audio"], batch["has_video"]
-        logs: dict[str, float] = {}
-        if self.contrastive:
-            with self._autocast():
-                emb = self.ddp(audio=audio, video=video)
-            both = (has_a & has_v).to(self.device)
-            loss, parts = contrastive_loss(emb, mask=both)
-            if not parts:
-                raise TrainError(
-                    f"contrastive objective: model {self.model_name!r} gives no audio/video/fusion features "
-                    f"(got {sorted(emb)}), or no clip has both modalities"
-                )
-            logs.update({f"loss/{k}": float(v.detach()) for k, v in parts.items()})
-        else:
-            target = smooth_targets(batch["target"].to(self.device), len(self.classes), self.recipe.label_smoothing)
-            if self.recipe.mixup_alpha > 0:
-                mixed = mixup(
-                    audio,
-                    video,
-                    target,
-                    self.recipe.mixup_alpha,
-                    rng=self.np_rng,
-                    has_audio=has_a,
-                    has_video=has_v,
-                    per_modality=self.recipe.modality_mixup,
-                )
-                audio, video, target, has_a, has_v = mixed.audio, mixed.video, mixed.target, mixed.has_audio, mixed.has_video
-                logs["mixup_lambda"] = mixed.lam
-            if self.cfg.modality_dropout > 0:
-                dropped = drop_modalities(audio, video, has_a, has_v, self.cfg.modality_dropout, self.np_rng)
-                audio, video, has_a, has_v = dropped.audio, dropped.video, dropped.has_audio, dropped.has_video
-                logs["modality_dropped"] = dropped.dropped
-            valid = self._valid_masks(has_a, has_v)
-            with self._autocast():
-                out = self.ddp(audio=audio, video=video, present=presence(audio, video, has_a, has_v, self.device))
-            loss, per_head = supervised_loss(out, target, self.head_names, self.multilabel, valid)
-            logs.update({f"loss/{k}": float(v.detach()) for k, v in per_head.items()})
+        loss, logs = self.objective.training_loss(self.ddp, batch, self.context)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.grad_clip:
@@ -533,48 +461,24 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, Any] | None:
+        """The objective's metrics on the evaluation split (rank 0; None elsewhere or without one)."""
         if self.eval_set is None:
             return None
         was_training = self.net.training
         self.net.eval()
         loader, _ = self._loader(self.eval_set, train=False)
-        collected = collect_outputs(self.net, loader, self.device, self._autocast)
-        local = {
-            "index": collected.index,
-            "target": collected.target,
-            "has_audio": collected.has_audio,
-            "has_video": collected.has_video,
-            "out": collected.logits,
-        }
-        gathered = D.all_gather_objects(local)
+        parts = []
+        for batch in loader:
+            parts.append({"index": batch["index"].numpy(), **self.objective.eval_batch(self.net, batch, self.context)})
+        gathered = D.all_gather_objects(concatenate(parts))
         self.net.train(was_training)
         if not self.dist.is_main:
             return None
-        # merge shards, drop the sampler's padding duplicates
-        index = np.concatenate([g["index"] for g in gathered])
-        _, first = np.unique(index, return_index=True)
-
-        def cat(key):
-            return np.concatenate([g[key] for g in gathered])[first]
-
-        target, ha, hv = cat("target"), cat("has_audio"), cat("has_video")
-        outs = {k: np.concatenate([g["out"][k] for g in gathered])[first] for k in gathered[0]["out"]}
+        # merge the ranks' shards, dropping the sampler's padding duplicates
+        outputs = concatenate(gathered)
+        _, first = np.unique(outputs.pop("index"), return_index=True)
         result: dict[str, Any] = {"split": self.eval_split, "step": self.step, "num_clips": int(len(first))}
-        if self.contrastive:
-            both = ha & hv
-            emb = {k: torch.from_numpy(v[both]) for k, v in outs.items()}
-            total, parts = contrastive_loss(emb, gather=False)
-            result["nce"] = float(total)
-            result.update({f"nce/{k}": float(v) for k, v in parts.items()})
-            if "audio" in emb and "video" in emb and len(emb["audio"]):
-                sim = torch.nn.functional.normalize(emb["audio"], dim=-1) @ torch.nn.functional.normalize(emb["video"], dim=-1).T
-                result["retrieval_a2v_top1"] = float((sim.argmax(1) == torch.arange(len(sim))).float().mean())
-                result["retrieval_chance"] = 1.0 / len(sim)
-            result["score"] = -result["nce"]
-            return result
-        result.update(score_outputs(self.model, outs, target, ha, hv, self.multilabel))
-        avg = result.get("average", {})
-        result["score"] = avg.get("mAP" if self.multilabel else "top1", float("nan"))
+        result.update(self.objective.score(select(outputs, first), self.context))
         return result
 
     # -----------------------------------------------------------------------------------
@@ -702,7 +606,7 @@ class Trainer:
                     self.best_eval = result
                 self._write_metrics({"kind": "eval", **_flatten(result)})
                 ckpt.write_json(self.out / ckpt.EVAL_FILE, {"best": self.best_eval, "last": self.last_eval})
-                self._log(_eval_line(result))
+                self._log(f"eval@{result['step']} [{result['split']}] {self.objective.describe(result)}")
         self._save(best=is_best)
         D.barrier()
 
@@ -716,14 +620,6 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
-
-
-def _eval_line(r: dict[str, Any]) -> str:
-    if "nce" in r:
-        return f"eval@{r['step']} [{r['split']}]: nce {r['nce']:.4f}, a->v retrieval top-1 {r.get('retrieval_a2v_top1', float('nan')):.3f}"
-    parts = [f"{h} {m['top1']:.3f}" for h, m in r.get("heads", {}).items()]
-    avg = r.get("average", {})
-    return f"eval@{r['step']} [{r['split']}] top-1: " + ", ".join(parts) + f" | average {avg.get('top1', float('nan')):.3f} (mAP {avg.get('mAP', float('nan')):.3f})"
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:

@@ -37,3 +37,63 @@ def test_scheduler_drives_optimizer():
         opt.step()
         sched.step()
     assert lrs == pytest.approx([0.05, 0.1, 0.1, 0.05])
+
+
+def _groups_by_parameter(model, extra, recipe, lr=1.0):
+    from training.optim import parameter_groups
+
+    groups = parameter_groups(model, extra, recipe, lr)
+    names = {id(p): n for n, p in model.named_parameters()}
+    for slot, module in extra.items():
+        names.update({id(p): f"{slot}.{n}" for n, p in module.named_parameters()})
+    by_name = {names[id(p)]: g for g in groups for p in g["params"]}
+    assert len(by_name) == sum(len(g["params"]) for g in groups) == len(names)  # each parameter once
+    return by_name
+
+
+def test_weight_decay_only_on_linear_and_conv_weights():
+    from training.models import create_model
+
+    model = create_model("zorro_tiny")
+    groups = _groups_by_parameter(model, {}, resolve_recipe("supervised_scratch", weight_decay=0.05))
+    decayed = {n for n, g in groups.items() if g["weight_decay"] == 0.05}
+    assert {"layers.0.blocks.shared.attn.qkv.weight", "audio_patch_embed.proj.weight", "classifiers.audio_head.weight"} <= decayed
+    for name in ("layers.0.blocks.shared.norm1.weight", "layers.0.blocks.shared.attn.qkv.bias", "audio_pos_embed.embedding",
+                 "fusion_tokens", "decoder_queries", "final_norm.shared.weight"):  # fmt: skip
+        assert groups[name]["weight_decay"] == 0.0, name
+    assert all(g["lr"] == 1.0 for g in groups.values())  # no layer decay in this recipe
+
+
+@pytest.mark.parametrize("preset, block", [("zorro_tiny", "layers.{}.blocks.shared.mlp.fc1.weight"), ("mbt_tiny", "encoders.audio.{}.mlp.fc1.weight")])
+def test_layer_decay_climbs_from_the_embeddings_to_the_heads(preset, block):
+    from torch import nn
+
+    from training.models import create_model
+
+    model = create_model(preset)  # depth 4: layer ids 0 (embeddings), 1-4 (blocks), 5 (after the encoder)
+    extra = {"decoder": nn.Linear(4, 4)}
+    groups = _groups_by_parameter(model, extra, resolve_recipe("finetune", layer_decay=0.5), lr=1.0)
+    for index in range(4):
+        assert groups[block.format(index)]["lr"] == pytest.approx(0.5 ** (5 - (index + 1))), index
+    embedding = "audio_pos_embed.embedding" if preset == "zorro_tiny" else "pos_embed.audio.embedding"
+    assert groups[embedding]["lr"] == pytest.approx(0.5**5)
+    head = "classifiers.audio_head.weight" if preset == "zorro_tiny" else "classifier.weight"
+    assert groups[head]["lr"] == groups["decoder.weight"]["lr"] == 1.0
+
+
+def test_lr_scale_patterns_name_parameter_groups():
+    from training.models import create_model
+
+    recipe = resolve_recipe("finetune", lr_scale=(("*.norm1.*", 0.1), ("classifier.*", 10.0)))
+    groups = _groups_by_parameter(create_model("mbt_tiny"), {}, recipe, lr=0.01)
+    assert groups["encoders.video.2.norm1.weight"]["lr"] == pytest.approx(0.001)
+    assert groups["classifier.bias"]["lr"] == pytest.approx(0.1)
+    assert groups["encoders.video.2.norm2.weight"]["lr"] == pytest.approx(0.01)
+    # the schedule scales every group by the same factor
+    opt = build_optimizer(list({id(g): g for g in groups.values()}.values()), recipe, 0.01)
+    sched = build_scheduler(opt, Schedule(0.01, 10, 2))
+    before = [g["lr"] for g in opt.param_groups]
+    opt.step()
+    sched.step()
+    ratios = [g["lr"] / b for g, b in zip(opt.param_groups, before)]
+    assert max(ratios) == pytest.approx(min(ratios)) and ratios[0] == pytest.approx(2.0)

@@ -1,0 +1,37 @@
+"""Training objectives: what the trainer optimises, one module each, registered by name.
+
+    from training.objectives import get_objective, list_objectives
+    list_objectives()                    # ["contrastive", "masked", "supervised"]
+    get_objective("masked").Options      # its --objective-set fields
+
+The interface is documented in training/objectives/base.py.
+"""
+
+from . import contrastive, masked, supervised  # noqa: F401  (importing an objective module registers it)
+from .base import (
+    NoOptions,
+    Objective,
+    ObjectiveError,
+    ObjectiveSetup,
+    StepContext,
+    TrainingModule,
+    concatenate,
+    get_objective,
+    list_objectives,
+    register_objective,
+    select,
+)
+
+__all__ = [
+    "NoOptions",
+    "Objective",
+    "ObjectiveError",
+    "ObjectiveSetup",
+    "StepContext",
+    "TrainingModule",
+    "concatenate",
+    "get_objective",
+    "list_objectives",
+    "register_objective",
+    "select",
+]

@@ -1,0 +1,100 @@
+"""Supervised classification: one loss per head on labelled clips (Zorro A3.1, MBT B3).
+
+Per step: label smoothing and mixup from the recipe (MBT: one lambda per modality), then
+`--modality-dropout` (a fraction of audio+video clips made audio- or video-only, which is how
+MBT learns its unimodal routes), then the model on the mixed batch with each clip's `present`
+flags (training/models/base.py, "Mixed batches"). Each head's loss counts only the clips the
+head exists for (`model.heads_for(present)`), training/losses.py `supervised_loss`.
+
+Evaluation: each head on its clips, the served prediction (mean of a clip's heads) and each
+kind of clip, top-1 / top-5 / mAP (training/evaluate.py `score_outputs`); the score is the
+served top-1 (mAP for multi-label data).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from training.augment import drop_modalities, mixup
+from training.evaluate import batch_logits, presence, score_outputs, valid_head_masks
+from training.losses import smooth_targets, supervised_loss
+from training.models import AVClassifier
+
+from .base import Objective, ObjectiveSetup, StepContext, detached, register_objective
+
+
+@register_objective
+class Supervised(Objective):
+    name = "supervised"
+    supports_modality_dropout = True
+
+    def __init__(self, setup: ObjectiveSetup):
+        super().__init__(setup)
+        self.num_classes = len(setup.classes)
+        self.multilabel = setup.multilabel
+        self.recipe = setup.recipe
+        self.modality_dropout = setup.modality_dropout
+
+    @classmethod
+    def default_recipe(cls, finetune: bool) -> str:
+        return "finetune" if finetune else "supervised_scratch"
+
+    def forward(self, model: AVClassifier, **inputs: Any) -> dict[str, Tensor]:
+        return model(**inputs)
+
+    def training_loss(self, net: nn.Module, batch: dict[str, Tensor], ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        audio, video = ctx.inputs(batch)
+        has_audio, has_video = batch["has_audio"], batch["has_video"]
+        logs: dict[str, float] = {}
+        target = smooth_targets(batch["target"].to(ctx.device), self.num_classes, self.recipe.label_smoothing)
+        if self.recipe.mixup_alpha > 0:
+            mixed = mixup(
+                audio,
+                video,
+                target,
+                self.recipe.mixup_alpha,
+                rng=ctx.rng,
+                has_audio=has_audio,
+                has_video=has_video,
+                per_modality=self.recipe.modality_mixup,
+            )
+            audio, video, target = mixed.audio, mixed.video, mixed.target
+            has_audio, has_video = mixed.has_audio, mixed.has_video
+            logs["mixup_lambda"] = mixed.lam
+        if self.modality_dropout > 0:
+            dropped = drop_modalities(audio, video, has_audio, has_video, self.modality_dropout, ctx.rng)
+            audio, video, has_audio, has_video = dropped.audio, dropped.video, dropped.has_audio, dropped.has_video
+            logs["modality_dropped"] = dropped.dropped
+        masks = valid_head_masks(ctx.model, has_audio.numpy(), has_video.numpy())
+        valid = {head: torch.from_numpy(mask).to(ctx.device) for head, mask in masks.items()}
+        with ctx.autocast():
+            out = net(audio=audio, video=video, present=presence(audio, video, has_audio, has_video, ctx.device))
+        loss, per_head = supervised_loss(out, target, ctx.model.head_names, self.multilabel, valid)
+        logs.update(detached(per_head, "loss/"))
+        return loss, logs
+
+    def eval_batch(self, net: nn.Module, batch: dict[str, Tensor], ctx: StepContext) -> dict[str, Any]:
+        return {
+            "target": batch["target"].numpy(),
+            "has_audio": batch["has_audio"].numpy(),
+            "has_video": batch["has_video"].numpy(),
+            "logits": batch_logits(net, batch, ctx.device, ctx.autocast),
+        }
+
+    def score(self, outputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
+        result = score_outputs(
+            ctx.model, outputs["logits"], outputs["target"], outputs["has_audio"], outputs["has_video"], self.multilabel
+        )
+        result["score"] = result.get("average", {}).get("mAP" if self.multilabel else "top1", float("nan"))
+        return result
+
+    def describe(self, result: dict[str, Any]) -> str:
+        heads = ", ".join(f"{h} {m['top1']:.3f}" for h, m in result.get("heads", {}).items())
+        average = result.get("average", {})
+        return (
+            f"top-1: {heads} | average {average.get('top1', float('nan')):.3f} "
+            f"(mAP {average.get('mAP', float('nan')):.3f})"
+        )
