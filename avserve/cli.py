@@ -1,17 +1,23 @@
 """The one command line: `avserve <command>`.
 
-Every command imports what it needs inside its body, so `avserve --help` and the serving
-commands never pay for (or require) torch. Commands that train or export import `training`,
-which is only installed with the `[train]` extra.
+The serving commands live here (probe, serve, classify, triton, monitor). Other packages add
+theirs through the `avserve.commands` entry point group (pyproject.toml): `training.cli`
+(data, train, evaluate, export, models; the last four need the `[train]` extra) and
+`loadtests.cli` (bench). `main()` registers them before running, so importing this module
+imports neither `training` nor torch; every command imports what it needs inside its body.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, NoReturn, Optional
 
 import typer
+
+PLUGIN_GROUP = "avserve.commands"
 
 app = typer.Typer(
     name="avserve",
@@ -19,13 +25,31 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-data_app = typer.Typer(help="Datasets: synthetic generation and inspection.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
 
 
-def _fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print `error: message` in red on stderr and exit with `code` (2: the user's input)."""
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
+
+
+_plugins_registered = False
+
+
+def build_app() -> typer.Typer:
+    """The CLI with every installed `avserve.commands` plugin registered (once).
+
+    A plugin whose package is absent is skipped: the gateway image installs the distribution
+    from `avserve/` alone, so its metadata names `training` and `loadtests` that are not there.
+    """
+    global _plugins_registered
+    if not _plugins_registered:
+        _plugins_registered = True
+        for plugin in sorted(entry_points(group=PLUGIN_GROUP), key=lambda entry: entry.name):
+            if importlib.util.find_spec(plugin.module.split(".")[0]) is None:
+                continue
+            plugin.load()(app)
+    return app
 
 
 def _run_until_interrupted(server, *, name: str, announce, errors: dict) -> None:
@@ -79,7 +103,7 @@ def probe(
     try:
         info = probe_media(path)
     except MediaError as error:
-        _fail(f"[{error.code}] {error.message}")
+        fail(f"[{error.code}] {error.message}")
     if as_json:
         typer.echo(json.dumps(info.to_dict(), indent=2))
         return
@@ -90,116 +114,6 @@ def probe(
     for key, value in info.to_dict().items():
         table.add_row(key, json.dumps(value) if isinstance(value, (dict, list)) else str(value))
     Console().print(table)
-
-
-@data_app.command("synth")
-def data_synth(
-    out: Annotated[Path, typer.Option(help="Output directory (created).")],
-    clips: Annotated[int, typer.Option(min=1, help="Number of audio+video clips.")] = 240,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
-    clip_seconds: Annotated[float, typer.Option(min=0.5, max=30.0, help="Length of every clip.")] = 2.0,
-    unimodal_fraction: Annotated[
-        float, typer.Option(min=0.0, max=0.5, help="Extra audio-only and video-only files, each as a fraction of --clips.")
-    ] = 0.1,
-    workers: Annotated[int, typer.Option(min=1, help="Encoding processes.")] = 1,
-) -> None:
-    """Write a synthetic audio-visual dataset: real encoded files plus manifest.csv."""
-    from training.data.synth import SynthConfig, generate_dataset
-
-    config = SynthConfig(clip_seconds=clip_seconds, unimodal_fraction=unimodal_fraction)
-    manifest = generate_dataset(out, clips=clips, seed=seed, config=config, workers=workers)
-    typer.echo(f"wrote {manifest}")
-
-
-@data_app.command("info")
-def data_info(
-    source: Annotated[Path, typer.Argument(help="A manifest CSV, or a directory (manifest.csv inside, or class folders).")],
-) -> None:
-    """Summarise a dataset: clips per split and per class."""
-    from training.data.records import DatasetError, load_records
-
-    try:
-        dataset = load_records(source)
-    except DatasetError as error:
-        _fail(str(error))
-    typer.echo(dataset.summary())
-
-
-@app.command()
-def train(
-    model: Annotated[str, typer.Option(help="Model preset (training.models.list_models()), e.g. zorro_tiny.")],
-    data: Annotated[Path, typer.Option(help="Dataset: a manifest CSV or a directory.")],
-    out: Annotated[Path, typer.Option(help="Run directory (run.json, last.pt, best.pt, metrics.jsonl, eval.json).")],
-    objective: Annotated[str, typer.Option(help="supervised | contrastive (Zorro audio-visual NCE pre-training).")] = "supervised",
-    epochs: Annotated[Optional[float], typer.Option(help="Epochs (default 10 if --steps is not given).")] = None,
-    steps: Annotated[Optional[int], typer.Option(min=1, help="Optimiser steps (instead of --epochs).")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Clips per step per process (global = x world size).")] = 8,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (default: the recipe's).")] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay (default: the recipe's).")] = None,
-    warmup_steps: Annotated[Optional[int], typer.Option(min=0, help="Linear warm-up steps (default: the recipe's).")] = None,
-    recipe: Annotated[
-        Optional[str], typer.Option(help="Optimiser recipe (training.optim.RECIPES); default supervised_scratch / finetune / contrastive.")
-    ] = None,
-    scale_lr: Annotated[bool, typer.Option(help="Multiply the LR by global batch / 256 (Zorro).")] = False,
-    label_smoothing: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Label smoothing (default: recipe).")] = None,
-    mixup: Annotated[Optional[float], typer.Option(min=0.0, help="Mixup Beta(alpha, alpha); 0 = off (default: recipe).")] = None,
-    modality_mixup: Annotated[
-        Optional[bool],
-        typer.Option("--modality-mixup/--shared-mixup", help="One mixup lambda per modality (MBT) or one for both (default: recipe)."),
-    ] = None,
-    grad_clip: Annotated[Optional[float], typer.Option(help="Clip the gradient norm to this value.")] = None,
-    workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 2,
-    init_from: Annotated[Optional[Path], typer.Option(help="Fine-tune from a run directory (its best.pt) or a .pt file.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out from its last.pt.")] = False,
-    set_: Annotated[
-        Optional[list[str]], typer.Option("--set", help="Model config override key=value (JSON value), repeatable.")
-    ] = None,
-    missing: Annotated[
-        Optional[str], typer.Option(help="Clips lacking a modality: zero (zero-fill, loss only on existing heads) | skip.")
-    ] = None,
-    modality_dropout: Annotated[
-        float,
-        typer.Option(help="Fraction of audio+video clips made audio- or video-only per batch (trains MBT's unimodal routes)."),
-    ] = 0.0,
-    eval_split: Annotated[str, typer.Option(help="Split to evaluate on ('' for none; falls back to 'test').")] = "val",
-    eval_every: Annotated[Optional[int], typer.Option(min=1, help="Evaluate every N steps (default once per epoch).")] = None,
-    log_every: Annotated[int, typer.Option(min=1, help="Write a metrics.jsonl line every N steps.")] = 10,
-    amp: Annotated[str, typer.Option(help="Mixed precision: auto (CUDA only) | off | bf16 | fp16.")] = "auto",
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N.")] = "auto",
-    seed: Annotated[int, typer.Option(help="Seed for initialisation, sampling and augmentation.")] = 0,
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-) -> None:
-    """Train a model (supervised or contrastive); runs under torchrun for DDP."""
-    overrides: dict = {}
-    for item in set_ or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            _fail(f"--set expects key=value, got {item!r}")
-        try:
-            overrides[key.strip()] = json.loads(raw)
-        except ValueError:
-            overrides[key.strip()] = raw
-    from training.checkpoint import CheckpointError
-    from training.data.records import DatasetError
-    from training.trainer import TrainConfig, TrainError, Trainer
-
-    config = TrainConfig(
-        model=model, data=data, out=out, objective=objective, epochs=epochs, steps=steps, batch_size=batch_size,
-        workers=workers, overrides=overrides, recipe=recipe, lr=lr, weight_decay=weight_decay,
-        warmup_steps=warmup_steps, scale_lr=scale_lr, label_smoothing=label_smoothing, mixup_alpha=mixup,
-        modality_mixup=modality_mixup,
-        grad_clip=grad_clip, init_from=init_from, resume=resume, eval_split=eval_split or None, missing=missing,
-        modality_dropout=modality_dropout,
-        amp=amp, device=device, seed=seed, eval_every=eval_every, log_every=log_every, progress=progress,
-    )  # fmt: skip
-    try:
-        Trainer(config).fit()
-    except (TrainError, DatasetError, CheckpointError) as error:
-        _fail(str(error))
-    finally:
-        from training.distributed import cleanup
-
-        cleanup()
 
 
 @app.command()
@@ -237,72 +151,6 @@ def triton(
 
 
 @app.command()
-def evaluate(
-    checkpoint: Annotated[Path, typer.Option(help="A training run directory (run.json + best.pt).")],
-    data: Annotated[Path, typer.Option(help="Dataset: a manifest CSV or a directory.")],
-    split: Annotated[str, typer.Option(help="Which split to score.")] = "test",
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 0,
-    route: Annotated[
-        Optional[str],
-        typer.Option(help="Score one serving route on every clip that has its inputs: av | audio | video (others removed)."),
-    ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
-) -> None:
-    """Score a trained run on a split: each head, the served (averaged) prediction, each kind of clip."""
-    from training.checkpoint import CheckpointError
-    from training.data.records import DatasetError
-    from training.evaluate import evaluate_run
-
-    try:
-        result = evaluate_run(checkpoint, data, split=split, batch_size=batch_size, workers=workers, route=route)
-    except (CheckpointError, DatasetError, ValueError) as error:
-        _fail(str(error))
-    if as_json:
-        typer.echo(json.dumps(result, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    route_note = f", route {route}" if route else ""
-    table = Table(title=f"{checkpoint} on {split}{route_note} ({result['num_clips']} clips, step {result['step']})")
-    for column in ("prediction", "clips", "top-1", "top-5", "mAP"):
-        table.add_column(column, justify="left" if column == "prediction" else "right")
-    rows = [(f"head {h}", m) for h, m in result["heads"].items()]
-    rows += [("served (mean of heads)", result["average"])] if "average" in result else []
-    rows += [(f"served, {group} clips", m) for group, m in result["by_modalities"].items()]
-    for name, m in rows:
-        table.add_row(name, str(m["num_clips"]), f"{m['top1']:.3f}", f"{m['top5']:.3f}", f"{m['mAP']:.3f}")
-    Console().print(table)
-
-
-@app.command()
-def export(
-    checkpoint: Annotated[Path, typer.Option(help="A training run directory (run.json + best.pt).")],
-    repository: Annotated[Path, typer.Option(help="The Triton model repository to write into.")] = Path("model_repository"),
-    name: Annotated[Optional[str], typer.Option(help="Family name: models are <name>_av, <name>_audio, <name>_video.")] = None,
-    runtime: Annotated[
-        str, typer.Option(help="onnxruntime (default), tensorrt (ORT backend's TensorRT accelerator, FP16) or tensorrt_plan.")
-    ] = "onnxruntime",
-    max_batch_size: Annotated[int, typer.Option(min=1, help="Largest batch Triton may form.")] = 16,
-    instances: Annotated[int, typer.Option(min=1, help="Model instances per device.")] = 1,
-) -> None:
-    """Export a trained run as one Triton model per servable modality set (ONNX, parity-checked)."""
-    from training.export import ExportError, ExportOptions, export_run
-
-    try:
-        options = ExportOptions(family=name, runtime=runtime, max_batch_size=max_batch_size, instance_count=instances)
-        exported = export_run(checkpoint, repository, options)
-    except ExportError as error:
-        _fail(str(error))
-    for model in exported:
-        typer.echo(
-            f"{model.directory}  inputs={'+'.join(sorted(model.modalities))}  heads={','.join(model.heads)}  "
-            f"{model.file_bytes / 1e6:.1f} MB  max|torch-onnx|={model.max_abs_diff:.1e}"
-        )
-
-
-@app.command()
 def serve(
     repository: Annotated[
         Optional[Path], typer.Option(help="Model repository (embedded backend); default: AVSERVE_REPOSITORY or ./model_repository.")
@@ -325,14 +173,14 @@ def serve(
     from avserve.repository import RepositoryError
 
     if backend is not None and backend not in ("embedded", "triton"):
-        _fail(f"--backend must be embedded or triton, not {backend!r}")
+        fail(f"--backend must be embedded or triton, not {backend!r}")
     overrides = {"repository": repository, "backend": backend, "triton_url": triton_url, "log_level": log_level}
     try:
         settings = GatewaySettings(**{key: value for key, value in overrides.items() if value is not None})
     except ValidationError as error:
-        _fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()))
+        fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()))
     if settings.backend == "embedded" and not settings.repository.is_dir():
-        _fail(f"model repository {settings.repository} is not a directory (use --repository)")
+        fail(f"model repository {settings.repository} is not a directory (use --repository)")
     configure_logging(settings.log_level, settings.log_format)
     try:
         uvicorn.run(
@@ -340,7 +188,7 @@ def serve(
             access_log=False, timeout_graceful_shutdown=10,
         )  # fmt: skip
     except RepositoryError as error:
-        _fail(str(error))
+        fail(str(error))
 
 
 @app.command()
@@ -360,7 +208,7 @@ def classify(
     import httpx
 
     if modality not in ("auto", "av", "audio", "video"):
-        _fail(f"--modality must be auto, av, audio or video, not {modality!r}")
+        fail(f"--modality must be auto, av, audio or video, not {modality!r}")
     params = {"modality": modality, "top_k": top_k, "model": model, "start": start, "duration": duration}
     headers = {"X-API-Key": api_key} if api_key else {}
     try:
@@ -372,17 +220,17 @@ def classify(
                 headers=headers,
             )
     except httpx.HTTPError as error:
-        _fail(f"cannot reach the gateway at {url}: {error}", code=2)
+        fail(f"cannot reach the gateway at {url}: {error}", code=2)
     try:
         body = response.json()
     except ValueError:
-        _fail(f"HTTP {response.status_code} from {url}: {response.text[:200]}", code=1)
+        fail(f"HTTP {response.status_code} from {url}: {response.text[:200]}", code=1)
     if response.status_code != 200:
         if as_json:
             typer.echo(json.dumps(body, indent=2))
             raise typer.Exit(1)
         error = body.get("error", {}) if isinstance(body, dict) else {}
-        _fail(f"HTTP {response.status_code} [{error.get('code', '?')}] {error.get('message', response.text[:200])}", code=1)
+        fail(f"HTTP {response.status_code} [{error.get('code', '?')}] {error.get('message', response.text[:200])}", code=1)
     if as_json:
         typer.echo(json.dumps(body, indent=2))
         return
@@ -455,7 +303,7 @@ def monitor(
             scrape_interval=scrape_interval,
         )  # fmt: skip
     except MonitoringError as error:
-        _fail(str(error))
+        fail(str(error))
     with tempfile.TemporaryDirectory(prefix="avserve-monitor-") as workdir:
         config_file = write_prometheus_config(config, Path(workdir) / "prometheus.yml")
         server = LocalPrometheus(config_file, port=port, address=address, data_dir=data_dir, retention=retention)
@@ -470,28 +318,9 @@ def monitor(
         _run_until_interrupted(server, name="Prometheus", announce=announce, errors={MonitoringError: 1})
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
-def bench(ctx: typer.Context) -> None:
-    """Benchmark the gateway against Triton direct, the Triton backend, micro-batching off and
-    FastAPI + PyTorch eager, in one run (loadtests/bench.py; `avserve bench --help` for options).
-
-    Needs a source checkout and the train extra (it exports the model with torch).
-    """
-    import sys
-    from pathlib import Path as _Path
-
-    root = _Path(__file__).resolve().parents[1]
-    if not (root / "loadtests" / "bench.py").is_file():
-        _fail(f"loadtests/bench.py not found under {root}: run from a source checkout")
-    sys.path.insert(0, str(root / "loadtests"))
-    from bench import main as bench_main  # loadtests/bench.py (imports torch lazily, never in avserve/)
-
-    bench_main(list(ctx.args) if "--help" not in sys.argv[2:] else ["--help"])
+def main() -> None:  # the console script (pyproject.toml) and `python -m avserve.cli`
+    build_app()()
 
 
-def main() -> None:  # pragma: no cover - console-script shim
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    app()
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,6 @@
 """Project-level rules that every change must keep."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,13 +25,37 @@ def test_serving_side_never_imports_torch_or_training():
     assert result.returncode == 0, result.stderr
 
 
+# Every command of `avserve`, with where it comes from: the serving ones live in avserve/cli.py,
+# the others are plugins (pyproject.toml entry points "avserve.commands").
+COMMANDS = {
+    "probe": "avserve", "serve": "avserve", "classify": "avserve", "triton": "avserve", "monitor": "avserve",
+    "data": "training", "train": "training", "evaluate": "training", "export": "training", "models": "training",
+    "bench": "loadtests",
+}  # fmt: skip
+
+
 def test_cli_help_lists_commands():
     result = subprocess.run(
-        [sys.executable, "-m", "avserve.cli", "--help"], capture_output=True, text=True, cwd=REPO
-    )
+        [sys.executable, "-m", "avserve.cli", "--help"], capture_output=True, text=True, cwd=REPO,
+        env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1"},
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    for command in ("probe", "data"):
-        assert command in result.stdout
+    listed = {line.split()[1] for line in result.stdout.splitlines() if line.startswith("│ ") and len(line.split()) > 2}
+    assert set(COMMANDS) <= listed, sorted(set(COMMANDS) - listed)
+
+    from typer.main import get_command
+    from typer.testing import CliRunner
+
+    from avserve.cli import build_app
+
+    cli = get_command(build_app())
+    assert set(cli.commands) == set(COMMANDS)
+    assert set(cli.commands["data"].commands) == {"synth", "info"}
+    for name, command in cli.commands.items():
+        callback = command.callback or next(iter(command.commands.values())).callback  # a group: its first command
+        assert callback.__module__.split(".")[0] == COMMANDS[name], name
+        help_text = CliRunner().invoke(build_app(), [name, "--help"])  # bench's is argparse's "usage:"
+        assert help_text.exit_code == 0 and "usage" in help_text.output.lower(), (name, help_text.output[-400:])
 
 
 def test_ci_runs_the_readme_test_command():

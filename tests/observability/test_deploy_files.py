@@ -247,6 +247,24 @@ def test_serving_modules_import_without_torch_or_training():
     assert result.returncode == 0, result.stderr
 
 
+def test_cli_runs_where_only_the_serving_package_is_installed():
+    """The image's package metadata still names the training and loadtests command plugins
+    (pyproject.toml entry points), but their packages are absent: the CLI must skip them."""
+    code = (
+        "import sys\n"
+        "sys.modules['training'] = sys.modules['loadtests'] = None  # not installed\n"
+        "from avserve.cli import main\n"
+        "sys.argv = ['avserve', '--help']\n"
+        "main()\n"
+    )
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    listed = {line.split()[1] for line in result.stdout.splitlines() if line.startswith("│ ") and len(line.split()) > 2}
+    assert {"serve", "classify", "probe", "triton", "monitor"} <= listed
+    assert not listed & {"train", "data", "bench"}, listed
+
+
 # ---- Grafana dashboards ---------------------------------------------------------------------------
 
 

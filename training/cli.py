@@ -1,0 +1,276 @@
+"""The training side of the command line: `avserve data`, `train`, `evaluate`, `export`, `models`.
+
+avserve's CLI (avserve/cli.py) finds this module through the `avserve.commands` entry point
+(pyproject.toml) and calls `register(app)`. The data commands are torch-free and always there;
+the others need the `[train]` extra (torch): without it they are listed as needing it and exit
+with that message. Nothing here imports torch at module level, so `avserve --help` stays fast.
+
+`avserve train` has one option per `TrainConfig` field (training/trainer.py), derived from the
+dataclass: a new field is a new option, with its help text from the field's metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import inspect
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from avserve.cli import fail
+
+TRAIN_EXTRA_HINT = "pip install 'avserve[train]' (torch)"
+
+data_app = typer.Typer(help="Datasets: synthetic generation and inspection.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the training commands to avserve's CLI."""
+    app.add_typer(data_app, name="data")
+    has_torch = importlib.util.find_spec("torch") is not None
+    for name, command in (("train", train_command()), ("evaluate", evaluate), ("export", export), ("models", models)):
+        if has_torch:
+            app.command(name)(command)
+        else:
+            app.command(name, help=f"Needs the [train] extra: {TRAIN_EXTRA_HINT}.", add_help_option=False,
+                        context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(_needs_train_extra(name))  # fmt: skip
+
+
+def _needs_train_extra(name: str):
+    def command() -> None:
+        fail(f"avserve {name} needs the [train] extra: {TRAIN_EXTRA_HINT}")
+
+    command.__name__ = name
+    return command
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option(help="Output directory (created).")],
+    clips: Annotated[int, typer.Option(min=1, help="Number of audio+video clips.")] = 240,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 0,
+    clip_seconds: Annotated[float, typer.Option(min=0.5, max=30.0, help="Length of every clip.")] = 2.0,
+    unimodal_fraction: Annotated[
+        float, typer.Option(min=0.0, max=0.5, help="Extra audio-only and video-only files, each as a fraction of --clips.")
+    ] = 0.1,
+    workers: Annotated[int, typer.Option(min=1, help="Encoding processes.")] = 1,
+) -> None:
+    """Write a synthetic audio-visual dataset: real encoded files plus manifest.csv."""
+    from training.data.synth import SynthConfig, generate_dataset
+
+    config = SynthConfig(clip_seconds=clip_seconds, unimodal_fraction=unimodal_fraction)
+    manifest = generate_dataset(out, clips=clips, seed=seed, config=config, workers=workers)
+    typer.echo(f"wrote {manifest}")
+
+
+@data_app.command("info")
+def data_info(
+    source: Annotated[Path, typer.Argument(help="A manifest CSV, or a directory (manifest.csv inside, or class folders).")],
+) -> None:
+    """Summarise a dataset: clips per split and per class."""
+    from training.data.records import DatasetError, load_records
+
+    try:
+        dataset = load_records(source)
+    except DatasetError as error:
+        fail(str(error))
+    typer.echo(dataset.summary())
+
+
+# ---- train: options derived from TrainConfig ----------------------------------------------------
+
+# Where a TrainConfig field's option differs from the derived one (name, help, default).
+CLI_ONLY: dict[str, dict[str, Any]] = {
+    "overrides": {"flags": ("--set",), "help": "Model config override key=value (JSON value), repeatable."},
+    "objective_options": {"flags": ("--objective-set",), "help": "Objective option key=value (JSON value), repeatable."},
+    "mixup_alpha": {"flags": ("--mixup",)},
+    "modality_mixup": {"flags": ("--modality-mixup/--shared-mixup",)},
+    "workers": {"default": 2},  # decode in parallel; the class default (0) suits tests
+    "eval_split": {"help": "Split to evaluate on ('' for none; falls back to 'test')."},
+}
+# (min, max) of numeric options.
+BOUNDS: dict[str, tuple[Any, Any]] = {
+    "steps": (1, None), "batch_size": (1, None), "workers": (0, None), "warmup_steps": (0, None),
+    "label_smoothing": (0.0, 1.0), "mixup_alpha": (0.0, None), "eval_every": (1, None), "log_every": (1, None),
+    "max_eval_clips": (1, None), "stop_at": (1, None), "layer_decay": (0.0, 1.0),
+}  # fmt: skip
+
+
+def _cli_type(hint: Any) -> tuple[Any, bool]:
+    """(the option's type, whether it may be left unset) for a TrainConfig type hint."""
+    if typing.get_origin(hint) is dict:
+        return list[str], True  # key=value, repeatable
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else ()
+    optional = type(None) in args
+    members = [a for a in args if a is not type(None)] or [hint]
+    return (Path if Path in members else members[0]), optional
+
+
+def train_command():
+    """`train`, with a signature typer reads: one option per TrainConfig field."""
+    from training.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    parameters, annotations = [], {}
+    for f in dataclasses.fields(TrainConfig):
+        extra = CLI_ONLY.get(f.name) or {}
+        base, optional = _cli_type(hints[f.name])
+        low, high = BOUNDS.get(f.name, (None, None))
+        option = typer.Option(*extra.get("flags", ()), help=extra.get("help", f.metadata.get("help", "")), min=low, max=high)
+        annotation = Annotated[Optional[base] if optional else base, option]
+        if "default" in extra:
+            default = extra["default"]
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = None
+        else:
+            default = inspect.Parameter.empty  # required
+        parameters.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
+        annotations[f.name] = annotation
+
+    def train(**options: Any) -> None:
+        """Train a model with an objective (supervised, contrastive, masked, ...); runs under torchrun for DDP."""
+        from training.checkpoint import CheckpointError
+        from training.data.records import DatasetError
+        from training.distributed import cleanup
+        from training.trainer import TrainError, Trainer
+
+        from training.config import TrainConfig
+
+        options["overrides"] = _assignments(options["overrides"], "--set")
+        options["objective_options"] = _assignments(options["objective_options"], "--objective-set")
+        options["eval_split"] = options["eval_split"] or None
+        try:
+            Trainer(TrainConfig(**options)).fit()
+        except (TrainError, DatasetError, CheckpointError) as error:
+            fail(str(error))
+        finally:
+            cleanup()
+
+    train.__signature__ = inspect.Signature(parameters)
+    train.__annotations__ = annotations
+    return train
+
+
+def _assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """["depth=2", 'fusion="cross_attention"'] -> {"depth": 2, "fusion": "cross_attention"} (JSON
+    values; anything that is not JSON is kept as a string)."""
+    values: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            fail(f"{flag} expects key=value, got {item!r}")
+        try:
+            values[key.strip()] = json.loads(raw)
+        except ValueError:
+            values[key.strip()] = raw
+    return values
+
+
+# ---- evaluate, export, models -------------------------------------------------------------------
+
+
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option(help="A training run directory (run.json + best.pt).")],
+    data: Annotated[Path, typer.Option(help="Dataset: a manifest CSV or a directory.")],
+    split: Annotated[str, typer.Option(help="Which split to score.")] = "test",
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 0,
+    route: Annotated[
+        Optional[str],
+        typer.Option(help="Score one serving route on every clip that has its inputs: av | audio | video (others removed)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
+) -> None:
+    """Score a trained run on a split: each head, the served (averaged) prediction, each kind of clip."""
+    from training.checkpoint import CheckpointError
+    from training.data.records import DatasetError
+    from training.evaluate import evaluate_run
+
+    try:
+        result = evaluate_run(checkpoint, data, split=split, batch_size=batch_size, workers=workers, route=route)
+    except (CheckpointError, DatasetError, ValueError) as error:
+        fail(str(error))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    route_note = f", route {route}" if route else ""
+    table = Table(title=f"{checkpoint} on {split}{route_note} ({result['num_clips']} clips, step {result['step']})")
+    for column in ("prediction", "clips", "top-1", "top-5", "mAP"):
+        table.add_column(column, justify="left" if column == "prediction" else "right")
+    rows = [(f"head {h}", m) for h, m in result["heads"].items()]
+    rows += [("served (mean of heads)", result["average"])] if "average" in result else []
+    rows += [(f"served, {group} clips", m) for group, m in result["by_modalities"].items()]
+    for name, m in rows:
+        table.add_row(name, str(m["num_clips"]), f"{m['top1']:.3f}", f"{m['top5']:.3f}", f"{m['mAP']:.3f}")
+    Console().print(table)
+
+
+def export(
+    checkpoint: Annotated[Path, typer.Option(help="A training run directory (run.json + best.pt).")],
+    repository: Annotated[Path, typer.Option(help="The Triton model repository to write into.")] = Path("model_repository"),
+    name: Annotated[Optional[str], typer.Option(help="Family name: models are <name>_av, <name>_audio, <name>_video.")] = None,
+    runtime: Annotated[
+        str, typer.Option(help="onnxruntime (default), tensorrt (ORT backend's TensorRT accelerator, FP16) or tensorrt_plan.")
+    ] = "onnxruntime",
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Largest batch Triton may form.")] = 16,
+    instances: Annotated[int, typer.Option(min=1, help="Model instances per device.")] = 1,
+) -> None:
+    """Export a trained run as one Triton model per servable modality set (ONNX, parity-checked)."""
+    from training.export import ExportError, ExportOptions, export_run
+
+    try:
+        options = ExportOptions(family=name, runtime=runtime, max_batch_size=max_batch_size, instance_count=instances)
+        exported = export_run(checkpoint, repository, options)
+    except ExportError as error:
+        fail(str(error))
+    for model in exported:
+        typer.echo(
+            f"{model.directory}  inputs={'+'.join(sorted(model.modalities))}  heads={','.join(model.heads)}  "
+            f"{model.file_bytes / 1e6:.1f} MB  max|torch-onnx|={model.max_abs_diff:.1e}"
+        )
+
+
+def models(
+    pattern: Annotated[str, typer.Argument(help="fnmatch pattern over preset names, e.g. '*tiny*'.")] = "*",
+) -> None:
+    """List the registered model presets (architecture, parameters, servable routes) and objectives."""
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from avserve.contract import ROUTE_SUFFIXES
+    from training.models import create_model, list_models
+    from training.objectives import get_objective, list_objectives
+
+    table = Table(title="model presets (avserve train --model NAME)")
+    for column in ("preset", "architecture", "parameters", "routes", "heads"):
+        table.add_column(column, justify="right" if column == "parameters" else "left")
+    for name in list_models(pattern):
+        with torch.device("meta"):  # counts without allocating paper-size weights
+            model = create_model(name)
+        routes = ", ".join(ROUTE_SUFFIXES[frozenset(m)] for m in model.servable_modalities)
+        count = sum(p.numel() for p in model.parameters())
+        table.add_row(name, model.architecture, f"{count / 1e6:.1f}M", routes, ",".join(model.head_names))
+    console = Console()
+    console.print(table)
+    objectives = Table(title="objectives (avserve train --objective NAME)")
+    for column in ("objective", "labels", "default recipe", "options (--objective-set)"):
+        objectives.add_column(column)
+    for name in list_objectives():
+        objective = get_objective(name)
+        options = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(objective.Options)) or "-"
+        objectives.add_row(name, "yes" if objective.needs_labels else "no", objective.default_recipe(False), options)
+    console.print(objectives)
