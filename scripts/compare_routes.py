@@ -8,7 +8,7 @@ runs, on every clip that has the route's inputs with the other modality removed 
 audio+video graph with the missing input zero-filled, which is what a family without unimodal
 graphs would have to serve. On the synthetic set a unimodal route is capped at 1/3 (audio) or
 1/4 (video) top-1, so it also reports whether the route got its own factor right (the sound, or
-the shape) and how much probability it put there (training.data.synth.factor_scores).
+the shape) and how much probability it put there (training.metrics.factor_scores).
 Prints a markdown table; `--json` the raw numbers.
 """
 
@@ -21,11 +21,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from training.data.synth import factor_scores  # noqa: E402
-from training.evaluate import run_outputs  # noqa: E402
-from training.metrics import classification_metrics  # noqa: E402
+from training.data.synth import class_factors
+from training.evaluate import run_outputs
+from training.metrics import classification_metrics, factor_scores
 
 PLAN = [("av", False), ("audio", False), ("audio", True), ("video", False), ("video", True)]
 
@@ -37,7 +35,7 @@ def score_route(run: Path, data: Path, split: str, route: str, zero_fill: bool) 
     cell = {"clips": metrics["num_clips"], "top1": metrics["top1"], "mAP": metrics["mAP"]}
     synthetic = all(c.count("+") == 1 for c in info.classes) and not info.multilabel
     if synthetic and route != "av":
-        cell["factor"] = factor_scores(logits, outputs.target, info.classes, route)
+        cell["factor"] = factor_scores(logits, outputs.target, class_factors(info.classes, route))
     return cell
 
 

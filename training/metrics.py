@@ -5,10 +5,13 @@
 * AP per class is the non-interpolated average precision (sklearn's `average_precision_score`:
   sum over distinct score thresholds of (R_n - R_{n-1}) * P_n, tied scores grouped).
   mAP averages over classes with at least one positive (classes with none are undefined and skipped).
+* factor scores: for classes made of factors (the synthetic set's sound x shape), whether a
+  prediction got one factor right.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -75,6 +78,24 @@ def classification_metrics(scores: np.ndarray, target: np.ndarray, multilabel: b
         "top5": topk_accuracy(scores, target, 5),
         "mAP": mean_average_precision(probs, target),
         "num_clips": int(scores.shape[0]),
+    }
+
+
+def factor_scores(logits: np.ndarray, target: np.ndarray, class_factors: Sequence[str]) -> dict[str, float]:
+    """How well predictions got one factor of the classes right, when each class is a combination
+    of factors (the synthetic set: sound x shape; `class_factors[c]` is class c's value of the
+    factor, e.g. training.data.synth.class_factors). A unimodal model that only sees one factor
+    is capped in top-1, so top-1 cannot tell a perfect audio-only route from a lucky one:
+    `accuracy` is the share of clips whose top-1 class has the right factor, `mass` the mean
+    softmax probability on the classes with the right factor; both 1.0 for a route that is sure
+    of everything its modality can tell. `target`: class indices or one-hot rows."""
+    truth = target.argmax(1) if target.ndim == 2 else target
+    names = np.asarray(class_factors)
+    probabilities = softmax(logits)
+    right = names[None, :] == names[truth][:, None]  # [N, C]: the classes that share the clip's factor
+    return {
+        "accuracy": float(np.mean(names[logits.argmax(1)] == names[truth])),
+        "mass": float(np.mean((probabilities * right).sum(1))),
     }
 
 

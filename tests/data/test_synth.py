@@ -134,22 +134,24 @@ def test_accuracy_ceilings_follow_from_the_unseen_factor() -> None:
 
 
 def test_factor_scores_tell_a_perfect_unimodal_route_from_a_lucky_one() -> None:
-    from training.data.synth import factor_scores
+    from training.metrics import factor_scores
 
     classes = list(CLASS_NAMES)
+    sounds, shapes = synth.class_factors(classes, "audio"), synth.class_factors(classes, "video")
+    assert sounds[:3] == ["lowtone"] * 3 and shapes[:3] == list(VIDEO_FACTORS)
     target = np.arange(len(classes))
     # An ideal audio-only route: equal logits on the three classes with the clip's sound.
     sound = np.array([c.split("+")[0] for c in classes])
     ideal = np.where(sound[None, :] == sound[target][:, None], 5.0, -5.0)
-    scores = factor_scores(ideal, target, classes, "audio")
+    scores = factor_scores(ideal, target, sounds)
     assert scores["accuracy"] == 1.0 and scores["mass"] > 0.99
     # Right class every time is also right sound and right shape; one-hot targets work the same.
     perfect = np.eye(len(classes)) * 10
-    assert factor_scores(perfect, np.eye(len(classes)), classes, "video")["accuracy"] == 1.0
+    assert factor_scores(perfect, np.eye(len(classes)), shapes)["accuracy"] == 1.0
     # A route that always answers class 0 gets the sound right only for the first sound's clips.
     constant = np.zeros((len(classes), len(classes)))
     constant[:, 0] = 10.0
-    assert factor_scores(constant, target, classes, "audio")["accuracy"] == pytest.approx(3 / 12)
+    assert factor_scores(constant, target, sounds)["accuracy"] == pytest.approx(3 / 12)
 
 
 def test_config_rejects_impossible_values() -> None:

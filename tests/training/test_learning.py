@@ -48,8 +48,9 @@ def test_tiny_zorro_fuses_past_the_unimodal_ceilings(learning_set, tmp_path):
 def test_tiny_mbt_fuses_and_answers_from_either_modality_alone(learning_set, tmp_path):
     """MBT has no modality-pure head; trained with modality dropout (and the set's unimodal
     files), its single-stream graphs must still get everything their modality can tell."""
-    from training.data.synth import factor_scores
+    from training.data.synth import class_factors
     from training.evaluate import evaluate_run, run_outputs
+    from training.metrics import factor_scores
     from training.trainer import TrainConfig, Trainer
 
     run_dir = tmp_path / "mbt"
@@ -66,7 +67,7 @@ def test_tiny_mbt_fuses_and_answers_from_either_modality_alone(learning_set, tmp
         _, info, outputs = run_outputs(run_dir, learning_set, split="test", route=modality)
         logits = outputs.logits["logits"]
         top1 = float((logits.argmax(1) == outputs.target.argmax(1) if outputs.target.ndim == 2 else logits.argmax(1) == outputs.target).mean())
-        factor = factor_scores(logits, outputs.target, info.classes, modality)
+        factor = factor_scores(logits, outputs.target, class_factors(info.classes, modality))
         # right sound (shape) on nearly every clip, and no more than the ceiling plus noise in top-1
         print(f"  {modality} alone: top-1 {top1:.3f}, factor {factor}")
         assert factor["accuracy"] >= 0.85 and factor["mass"] >= 0.75, (modality, factor)

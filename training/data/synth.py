@@ -74,7 +74,6 @@ import numpy as np
 from av.codec.context import Flags
 from tqdm import tqdm
 
-from training.metrics import softmax
 
 AUDIO_FACTORS: tuple[str, ...] = ("lowtone", "hightone", "bursts", "chirp")
 VIDEO_FACTORS: tuple[str, ...] = ("red_disc", "green_square", "blue_triangle")
@@ -117,24 +116,11 @@ ACCURACY_CEILINGS: Mapping[str, float] = MappingProxyType({m: accuracy_ceiling(m
 CHANCE_ACCURACY: float = 1.0 / len(CLASS_NAMES)
 
 
-def factor_scores(logits: np.ndarray, target: np.ndarray, classes: Sequence[str], modality: str) -> dict[str, float]:
-    """How well predictions got the factor one modality carries ("audio": the sound, "video": the shape).
-
-    A unimodal model is capped at ACCURACY_CEILINGS in top-1, so top-1 cannot tell a perfect
-    audio-only route from a lucky one. `accuracy` is the share of clips whose top-1 class has the
-    right factor, `mass` the mean softmax probability on the classes with the right factor: both
-    1.0 for a route that is sure of everything its modality can tell. `target`: class indices
-    or one-hot rows.
-    """
+def class_factors(classes: Sequence[str], modality: str) -> list[str]:
+    """Each class's factor carried by `modality` ("audio": the sound, "video": the shape), as
+    training.metrics.factor_scores takes them: ["lowtone+red_disc", ...] -> ["lowtone", ...]."""
     index = {"audio": 0, "video": 1}[modality]
-    truth = target.argmax(1) if target.ndim == 2 else target
-    names = np.array([split_class_name(c)[index] for c in classes])
-    probabilities = softmax(logits)
-    right = names[None, :] == names[truth][:, None]  # [N, C]: the classes that share the clip's factor
-    return {
-        "accuracy": float(np.mean(names[logits.argmax(1)] == names[truth])),
-        "mass": float(np.mean((probabilities * right).sum(1))),
-    }
+    return [split_class_name(c)[index] for c in classes]
 
 
 # --------------------------------------------------------------------------- configuration
