@@ -32,7 +32,7 @@ class TrainConfig:
     label_smoothing: float | None = field(default=None, metadata={"help": "Label smoothing (default: the recipe's)."})
     mixup_alpha: float | None = field(default=None, metadata={"help": "Mixup Beta(alpha, alpha); 0 = off (default: the recipe's)."})
     modality_mixup: bool | None = field(default=None, metadata={"help": "One mixup lambda per modality (MBT) or one for both (default: the recipe's)."})
-    grad_clip: float | None = field(default=None, metadata={"help": "Clip the gradient norm to this value."})
+    grad_clip: float | None = field(default=None, metadata={"help": "Clip the gradient norm to this value (default: the recipe's)."})
     init_from: str | Path | None = field(default=None, metadata={"help": "Fine-tune from a run directory (its best.pt) or a .pt file."})
     resume: bool = field(default=False, metadata={"help": "Continue the run in --out from its last.pt."})
     train_split: str = field(default="train", metadata={"help": "Split to train on."})

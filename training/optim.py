@@ -52,6 +52,7 @@ class Recipe:
     modality_mixup: bool = False  # MBT Sec. 4.2: an independent mixup lambda per modality
     betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw (torch's default)
     layer_decay: float | None = None  # layer-wise LR decay factor (None: off)
+    grad_clip: float | None = None  # clip the global gradient norm to this (None: off)
     lr_scale: tuple[tuple[str, float], ...] = ()  # (parameter name pattern, LR multiplier)
     source: str = ""
 
@@ -87,6 +88,20 @@ RECIPES: dict[str, Recipe] = {
             mixup_alpha=0.3,
             modality_mixup=True,
             source="MBT B3: synchronous SGD m=0.9, base LR 0.5, cosine, 2.5-epoch warm-up, modality mixup 0.3 (batch 64)",
+        ),
+        Recipe(
+            "avmae_finetune",
+            "sgd",
+            0.8,
+            0.0,
+            warmup_epochs=2.5,
+            layer_decay=0.75,
+            grad_clip=1.0,
+            mixup_alpha=0.5,
+            label_smoothing=0.3,
+            source="AV-MAE Table 16 (VGGSound, A / V / AV): SGD m=0.9, base LR 0.8 at batch 64, layer-wise decay 0.75, "
+            "cosine, 2.5 warm-up epochs, gradient clipping 1.0, mixup 0.5, label smoothing 0.3 (stochastic depth 0.3 "
+            "is the model's drop_path: mbt_vit_b16's default)",
         ),
         Recipe(
             "masked",

@@ -171,6 +171,7 @@ class Trainer:
                 lr=cfg.lr,
                 weight_decay=cfg.weight_decay,
                 layer_decay=cfg.layer_decay,
+                grad_clip=cfg.grad_clip,
                 label_smoothing=cfg.label_smoothing,
                 mixup_alpha=cfg.mixup_alpha,
                 modality_mixup=cfg.modality_mixup,
@@ -332,9 +333,8 @@ class Trainer:
                 "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
                 "device": str(self.device),
                 "seed": cfg.seed,
-                "grad_clip": cfg.grad_clip,
                 "optimizer_groups": [
-                    {"name": g["name"], "parameters": len(g["params"]), "lr": g["lr"], "weight_decay": g["weight_decay"]}
+                    {"name": g["name"], "parameters": len(g["params"]), "peak_lr": g["initial_lr"], "weight_decay": g["weight_decay"]}
                     for g in self.optimizer.param_groups
                 ],
             },
@@ -445,9 +445,9 @@ class Trainer:
         loss, logs = self.objective.training_loss(self.ddp, batch, self.context)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        if self.cfg.grad_clip:
+        if self.recipe.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.grad_clip))
+            logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.recipe.grad_clip))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()

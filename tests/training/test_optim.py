@@ -97,3 +97,10 @@ def test_lr_scale_patterns_name_parameter_groups():
     sched.step()
     ratios = [g["lr"] / b for g, b in zip(opt.param_groups, before)]
     assert max(ratios) == pytest.approx(min(ratios)) and ratios[0] == pytest.approx(2.0)
+
+
+def test_avmae_finetune_recipe_is_table16():
+    r = RECIPES["avmae_finetune"]
+    assert (r.optimizer, r.lr, r.momentum, r.layer_decay, r.grad_clip, r.mixup_alpha, r.label_smoothing, r.warmup_epochs) == (
+        "sgd", 0.8, 0.9, 0.75, 1.0, 0.5, 0.3, 2.5,
+    )  # fmt: skip

@@ -194,3 +194,16 @@ def test_evaluate_a_single_route_on_every_clip_that_has_its_inputs(tiny_train, s
     np.testing.assert_array_equal(zeros.logits["audio"], alone.logits["audio"])  # Zorro's audio head is pure
     assert not np.allclose(zeros.logits["logits"], alone.logits["logits"])
     assert not zeros.has_video.any()
+
+
+def test_a_recipe_with_layer_decay_and_gradient_clipping(tiny_train):
+    cfg = tiny_train(model="mbt_tiny", steps=2, recipe="avmae_finetune", lr=0.01, eval_split=None)
+    trainer = Trainer(cfg)
+    lrs = sorted({g["initial_lr"] for g in trainer.optimizer.param_groups})  # before the warm-up factor
+    assert lrs[-1] == pytest.approx(0.01) and lrs[0] == pytest.approx(0.01 * 0.75**5)  # depth 4: ids 0..5
+    trainer.fit()
+    rows = [json.loads(line) for line in (cfg.out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["grad_norm"] > 0 for r in rows if r["kind"] == "train")
+    run = json.loads((cfg.out / "run.json").read_text())
+    assert run["recipe"]["layer_decay"] == 0.75 and run["recipe"]["grad_clip"] == 1.0
+    assert {g["weight_decay"] for g in run["train"]["optimizer_groups"]} == {0.0}  # the recipe has none
