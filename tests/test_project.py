@@ -62,3 +62,19 @@ def test_ci_runs_the_readme_test_command():
     readme = (REPO / "README.md").read_text()
     ci = (REPO / ".ci" / "run").read_text()
     assert "make test" in readme and "make test" in ci
+
+
+def test_nothing_edits_sys_path():
+    """Packages are installed (editable in development); helpers are found through pytest's
+    `pythonpath` setting. No module reaches other code by editing the import path."""
+    import re
+
+    editing = re.compile(r"sys\.path\s*(\.(insert|append|extend)\b|\+=|\[)")
+    offenders = [
+        f"{path.relative_to(REPO)}:{number}"
+        for top in ("avserve", "training", "loadtests", "scripts", "tests")
+        for path in (REPO / top).rglob("*.py")
+        for number, line in enumerate(path.read_text().splitlines(), start=1)
+        if editing.search(line) and path != Path(__file__)
+    ]
+    assert not offenders, offenders

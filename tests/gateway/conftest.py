@@ -7,7 +7,6 @@ process, so tests can also read the server's state (its upload directory, log re
 from __future__ import annotations
 
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,10 +21,8 @@ from avserve.gateway import GatewaySettings, create_app
 from avserve.media.synthetic import AudioTrack, VideoTrack, write_clip
 from avserve.repository import read_model_config, write_model_config
 
-# Plain helper functions live next to this file (importlib import mode: no package).
-sys.path.insert(0, str(Path(__file__).parent))
-
-from gateway_helpers import FAMILY, free_port  # noqa: E402
+# Plain helper functions live next to this file (pyproject.toml: pytest's `pythonpath`).
+from gateway_helpers import FAMILY, free_port
 
 # Families derived from the exported zorro_tiny_av, each with only the audio+video model,
 # to exercise every `missing_modality` policy.
