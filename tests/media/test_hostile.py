@@ -64,19 +64,28 @@ def test_unreadable_path(clips, path_kind):
 
 
 @pytest.mark.parametrize(
-    "filename, tracks",
+    "filename, tracks, probe_sees_it",
     [
-        ("cut.mp4", AV_TRACKS),  # the index (moov) is written last, so it is lost
-        ("cut.ogg", dict(audio=AudioTrack("libopus", 48000, "stereo"))),
-        ("cut.flac", dict(audio=AudioTrack("flac", 48000, "stereo", seconds=2.0))),
+        ("cut.mp4", AV_TRACKS, True),  # the index (moov) is written last, so it is lost
+        ("cut.ogg", dict(audio=AudioTrack("libopus", 48000, "stereo")), True),
+        # FLAC's header (STREAMINFO) and first frames are in the surviving half, and probe()
+        # reads no further than the first frame: only decoding reaches the cut.
+        ("cut.flac", dict(audio=AudioTrack("flac", 48000, "stereo", seconds=2.0)), False),
     ],
 )
-def test_truncated_file_is_corrupt(clips, filename, tracks):
+def test_truncated_file_is_corrupt(clips, filename, tracks, probe_sees_it):
     truncated = clips.truncated(clips.make(filename, **tracks))
-    with pytest.raises(MediaError) as caught:
-        probe(truncated)
-        decode_audio(truncated, sample_rate=16000)
-    assert caught.value.code is ErrorCode.CORRUPT_MEDIA
+    calls = every_entry_point(truncated)
+    if "video" not in tracks:
+        del calls["video"]  # no video stream: that is a different error (NO_VIDEO_STREAM)
+    if not probe_sees_it:
+        info = calls.pop("probe")()
+        assert info.has_audio and not info.has_video
+    # Each entry point on its own: one raising must not stand in for another.
+    for name, call in calls.items():
+        with pytest.raises(MediaError) as caught:
+            call()
+        assert caught.value.code is ErrorCode.CORRUPT_MEDIA, f"{name}: {caught.value}"
 
 
 def test_truncated_streaming_container_decodes_what_is_there(clips):
