@@ -51,12 +51,26 @@ def client(request, http_client, grpc_client):
     return (http_client, httpclient) if request.param == "http" else (grpc_client, grpcclient)
 
 
-def test_models_load_and_are_ready(triton_server: LocalTriton, grpc_client) -> None:
-    assert grpc_client.is_server_ready()
+def test_models_load_and_are_ready(triton_server: LocalTriton, grpc_client, module_repository: Path) -> None:
+    """Every model of the repository loads, is ready, and serves the tensors its files declare.
+    (How fast the server starts is the benchmark's business, not a pass/fail here.)"""
+    assert grpc_client.is_server_live() and grpc_client.is_server_ready()
+    index = grpc_client.get_model_repository_index(as_json=True)["models"]
+    assert sorted((m["name"], m.get("version"), m.get("state")) for m in index) == [
+        (model, "1", "READY") for model in MODELS
+    ]
+    on_disk = load_repository(module_repository)
     for model in MODELS:
         assert grpc_client.is_model_ready(model), model
+        spec = on_disk.model(model)
+        metadata = grpc_client.get_model_metadata(model, as_json=True)
+        assert metadata["versions"] == ["1"], model
+        batch = [-1] if spec.max_batch_size else []
+        for served, declared in ((metadata["inputs"], spec.inputs), (metadata["outputs"], spec.outputs)):
+            assert [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in served] == [
+                (t.name, t.data_type.removeprefix("TYPE_"), [*batch, *t.dims]) for t in declared
+            ], model
     assert triton_server.shadow is not None and set(triton_server.shadow.rewritten) == set(MODELS)
-    assert triton_server.startup_seconds is not None and triton_server.startup_seconds < 60
 
 
 @pytest.mark.parametrize("batch", [1, 5])
