@@ -200,10 +200,19 @@ def test_backend_queue_overflow_is_429(limited_gateway, clips):
 def test_client_disconnect_mid_upload_leaves_no_temp_file(embedded_gateway, clips):
     data = clips.av.read_bytes()
     head = b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: video/mp4\r\nContent-Length: %d\r\n\r\n" % len(data)
+    assert wait_until_no_uploads(embedded_gateway) == []
     with socket.create_connection(embedded_gateway.host_port, timeout=10) as sock:
         sock.sendall(head + data[: len(data) // 2])
-        time.sleep(0.2)  # the gateway has spooled the first half
+        # Mid-upload the first half is on disk, in the gateway's upload directory: "nothing
+        # left" below then means cleaned up, not never written.
+        deadline = time.monotonic() + 10
+        while not [p for p in embedded_gateway.leftover_uploads() if p.stat().st_size > 0]:
+            assert time.monotonic() < deadline, "no spooled upload appeared in the upload directory"
+            time.sleep(0.02)
+        spooled = embedded_gateway.leftover_uploads()
+        assert len(spooled) == 1 and spooled[0].name.startswith("avserve-upload-"), spooled
     assert wait_until_no_uploads(embedded_gateway) == []
+    assert not spooled[0].exists()
     with embedded_gateway.client() as client:
         assert client.get("/healthz").status_code == 200
 
