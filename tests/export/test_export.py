@@ -1,10 +1,12 @@
 """The exporter: Triton model repository layout, graph parity, and failure hygiene."""
 
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -67,11 +69,18 @@ def test_each_graph_matches_torch(exported, tiny_run, batch):
         expected_audio = model(audio=torch.from_numpy(audio))
         expected_video = model(video=torch.from_numpy(video))
     av = run(repository, "zorro_tiny_av", audio=audio, video=video)
+    audio_only = run(repository, "zorro_tiny_audio", audio=audio)
+    video_only = run(repository, "zorro_tiny_video", video=video)
+    # torch and onnxruntime are different kernels: equal up to float rounding, not bit for bit.
     for head in ("audio", "video", "fusion", "global"):
         np.testing.assert_allclose(av[f"head_{head}"], expected[head].numpy(), atol=1e-4, rtol=0)
     np.testing.assert_allclose(av["logits"], expected["logits"].numpy(), atol=1e-4, rtol=0)
-    np.testing.assert_allclose(run(repository, "zorro_tiny_audio", audio=audio)["logits"], expected_audio["logits"].numpy(), atol=1e-4, rtol=0)
-    np.testing.assert_allclose(run(repository, "zorro_tiny_video", video=video)["logits"], expected_video["logits"].numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(audio_only["logits"], expected_audio["logits"].numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(video_only["logits"], expected_video["logits"].numpy(), atol=1e-4, rtol=0)
+    # Within onnxruntime (same batch, same session options) the unimodal graphs are bit for bit
+    # the full graph's heads (docs/models.md).
+    np.testing.assert_array_equal(audio_only["logits"], av["head_audio"])
+    np.testing.assert_array_equal(video_only["logits"], av["head_video"])
 
 
 @pytest.mark.parametrize("batch", [1, 4])
@@ -81,12 +90,75 @@ def test_unimodal_graphs_equal_the_full_graphs_heads_on_real_clips(exported, tin
     av = run(repository, "zorro_tiny_av", audio=audio, video=video)
     audio_only = run(repository, "zorro_tiny_audio", audio=audio)
     video_only = run(repository, "zorro_tiny_video", video=video)
-    np.testing.assert_allclose(audio_only["logits"], av["head_audio"], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(video_only["logits"], av["head_video"], atol=1e-5, rtol=0)
+    # docs/models.md: "bit for bit the full model's audio head". Exact, because both graphs run
+    # the same batch with the same session options (a different batch composition may change
+    # the GEMM blocking and the last bits; that is not what this compares).
+    np.testing.assert_array_equal(audio_only["logits"], av["head_audio"])
+    np.testing.assert_array_equal(video_only["logits"], av["head_video"])
     np.testing.assert_array_equal(audio_only["logits"], audio_only["head_audio"])  # one head: no averaging
     with torch.no_grad():
         expected = tiny_run[1](audio=torch.from_numpy(audio), video=torch.from_numpy(video))
     np.testing.assert_allclose(av["logits"], expected["logits"].numpy(), atol=1e-4, rtol=0)
+
+
+def onnx_graph_flops(path, inputs) -> int:
+    """FLOPs (2 per multiply-add) of every MatMul, Gemm and Conv of an exported graph, from the
+    tensor shapes of one real onnxruntime run: what torch's FlopCounterMode counts, but of the
+    file Triton serves."""
+    graph_model = onnx.load(str(path))
+    graph = graph_model.graph
+    nodes = [node for node in graph.node if node.op_type in ("MatMul", "Gemm", "Conv")]
+    shapes = {init.name: tuple(init.dims) for init in graph.initializer}
+    shapes.update({name: array.shape for name, array in inputs.items()})
+    probed = list(dict.fromkeys(n for node in nodes for n in (*node.input[:2], node.output[0]) if n not in shapes))
+    graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in probed)
+    sess = ort.InferenceSession(graph_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    shapes.update(zip(probed, (array.shape for array in sess.run(probed, inputs))))
+    total = 0
+    for node in nodes:
+        a, b, y = (shapes[name] for name in (node.input[0], node.input[1], node.output[0]))
+        if node.op_type == "Conv":  # every output element: C_in / groups x kernel multiply-adds
+            reduced = math.prod(b[1:])
+        elif node.op_type == "Gemm":
+            reduced = a[0] if any(attr.name == "transA" and attr.i for attr in node.attribute) else a[1]
+        else:
+            reduced = a[-1]
+        total += 2 * math.prod(y) * reduced
+    return total
+
+
+def test_unimodal_graphs_cost_a_fraction_of_the_av_graph(exported, tiny_run):
+    """Zorro's `_audio` and `_video` graphs hold one stream each, so they cost a fraction of `_av`.
+
+    Counted on the exported files (an `_audio` graph that ran the whole model on zeroed video
+    would give the same audio head: only its cost shows it), and cross-checked exactly with
+    torch's FlopCounterMode on the model (as tests/models/test_mbt.py counts). zorro_tiny at
+    batch 1: _av 200.6 MFLOPs, _audio 119.5 M (0.596x), _video 74.1 M (0.369x).
+    docs/models.md says the `_audio` graph costs "about 0.36x" of `_av`, and the README "about
+    0.4x" for both unimodal graphs: that is the `_video` graph's ratio; `_audio`'s is 0.60x
+    (reported with issue 20; the docs are not this test's to change)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from training.models import create_model
+
+    repository, _ = exported
+    model = tiny_run[1]
+    audio, video = random_inputs(model, 1, seed=0)
+    routes = {"av": {"audio": audio, "video": video}, "audio": {"audio": audio}, "video": {"video": video}}
+    flops = {route: onnx_graph_flops(repository / f"zorro_tiny_{route}" / "1" / "model.onnx", inputs) for route, inputs in routes.items()}
+    ratios = {route: flops[route] / flops["av"] for route in ("audio", "video")}
+    print(f"FLOPs per clip: {flops}; ratios to _av: {ratios}")
+    # The ratios only move if the architecture does; 0.01 is well below any real change.
+    assert ratios["audio"] == pytest.approx(0.596, abs=0.01), ratios
+    assert ratios["video"] == pytest.approx(0.369, abs=0.01), ratios
+    # The same count of the torch model, on the meta device as tests/models/test_mbt.py counts
+    # (on the CPU attention runs as one fused SDPA kernel that FlopCounterMode does not count).
+    with torch.device("meta"):
+        meta_model = create_model("zorro_tiny", num_classes=model.config.num_classes).eval()
+    for route, inputs in routes.items():
+        with FlopCounterMode(display=False) as counter:
+            meta_model(**{name: torch.empty(array.shape, dtype=torch.from_numpy(array).dtype, device="meta") for name, array in inputs.items()})
+        assert flops[route] == counter.get_total_flops(), (route, flops[route], counter.get_total_flops())
 
 
 def test_audio_graph_holds_only_the_audio_stream(exported):

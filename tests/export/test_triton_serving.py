@@ -69,8 +69,10 @@ def test_triton_answers_equal_onnxruntime_in_process(triton, zorro_repository, p
     inputs = make_inputs(model, batch, seed=batch)
     expected = in_process(zorro_repository[0], model, inputs)
     got = infer(protocol, triton, model, inputs)
+    # The local Triton runs the same onnxruntime on the same file with the same (default)
+    # session options, and a lone request is one batch of the same rows: identical arrays.
     for name in OUTPUTS[model]:
-        np.testing.assert_allclose(got[name], expected[name], atol=1e-5, rtol=0)
+        np.testing.assert_array_equal(got[name], expected[name], err_msg=name)
 
 
 def test_unimodal_models_on_triton_give_the_full_models_heads(triton):
@@ -78,8 +80,10 @@ def test_unimodal_models_on_triton_give_the_full_models_heads(triton):
     av = infer("grpc", triton, "zorro_tiny_av", both)
     audio = infer("grpc", triton, "zorro_tiny_audio", {"audio": both["audio"]})
     video = infer("grpc", triton, "zorro_tiny_video", {"video": both["video"]})
-    np.testing.assert_allclose(audio["logits"], av["head_audio"], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(video["logits"], av["head_video"], atol=1e-5, rtol=0)
+    # Bit for bit (docs/models.md): one request at a time, each executed alone, so the three
+    # graphs see the same batch.
+    np.testing.assert_array_equal(audio["logits"], av["head_audio"])
+    np.testing.assert_array_equal(video["logits"], av["head_video"])
 
 
 def test_dynamic_batching_batches_concurrent_requests(triton, zorro_repository):
@@ -92,6 +96,8 @@ def test_dynamic_batching_batches_concurrent_requests(triton, zorro_repository):
     requests = [make_inputs("zorro_tiny_audio", 1, seed=100 + i) for i in range(24)]
     with ThreadPoolExecutor(max_workers=24) as pool:
         answers = list(pool.map(lambda inputs: infer("grpc", triton, "zorro_tiny_audio", inputs), requests))
+    # Not bit for bit: the dynamic batcher ran these rows in batches of its choosing, and a
+    # different batch composition may change onnxruntime's GEMM blocking in the last bits.
     for inputs, answer in zip(requests, answers):
         np.testing.assert_allclose(answer["logits"], in_process(zorro_repository[0], "zorro_tiny_audio", inputs)["logits"], atol=1e-5)
     deadline = time.monotonic() + 10  # statistics are updated just after the responses are sent

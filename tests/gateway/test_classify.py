@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 from gateway_helpers import FAMILY, NUM_LABELS, assert_error, post_clip, scores
 
+from avserve.media import decode_audio
+from avserve.repository import load_model_spec
+
 HEADS = {"audio", "video", "fusion", "global"}
 
 
@@ -38,7 +41,9 @@ def test_audio_only_answer_equals_the_av_models_audio_head(embedded_gateway, cli
     expected = scores(full["heads"]["audio"])
     got = scores(audio_only["predictions"])
     assert got.keys() == expected.keys() and len(got) == NUM_LABELS
-    np.testing.assert_allclose([got[k] for k in expected], list(expected.values()), rtol=0, atol=1e-5)
+    # Bit for bit (docs/models.md): both files decode to the same samples, each request runs
+    # alone (batch 1) with the same session options, and the scores go through the same softmax.
+    assert got == expected
     # ... and it is not simply the fused answer of the full model.
     assert scores(full["predictions"]) != pytest.approx(got, abs=1e-5)
 
@@ -51,7 +56,8 @@ def test_video_only_answer_equals_the_av_models_video_head(embedded_gateway, cli
     assert video_only["modalities"]["present"] == ["video"]
     expected = scores(full["heads"]["video"])
     got = scores(video_only["predictions"])
-    np.testing.assert_allclose([got[k] for k in expected], list(expected.values()), rtol=0, atol=1e-5)
+    assert len(got) == NUM_LABELS
+    assert got == expected  # bit for bit, as for audio
 
 
 @pytest.mark.parametrize(("modality", "model"), [("audio", "audio"), ("video", "video"), ("av", "av")])
@@ -63,7 +69,7 @@ def test_modality_forces_the_route(embedded_gateway, clips, modality, model):
     assert forced["modalities"]["present"] == ["audio", "video"]
     assert forced["modalities"]["used"] == (["audio", "video"] if model == "av" else [model])
     if model != "av":
-        assert scores(forced["predictions"]) == pytest.approx(scores(full["heads"][model]), abs=1e-5)
+        assert scores(forced["predictions"]) == scores(full["heads"][model])  # bit for bit
 
 
 def test_forcing_a_modality_the_upload_lacks_is_a_422(embedded_gateway, clips):
@@ -117,13 +123,47 @@ def test_span_past_the_end_is_cut_at_the_clip_and_windows_are_bounded(embedded_g
         assert len(post_clip(client, clips.long_av, duration=5).json()["windows"]) == 3
 
 
-def test_missing_modality_zero_fill_answers_degraded(embedded_gateway, clips):
+def test_missing_modality_zero_fill_answers_degraded(embedded_gateway, serving_repository, clips):
     with embedded_gateway.client() as client:
-        response = post_clip(client, clips.audio, model="zorro_zero_fill")
+        response = post_clip(client, clips.audio, model="zorro_zero_fill", top_k=NUM_LABELS)
+        audio_route = post_clip(client, clips.audio, top_k=NUM_LABELS).json()
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["model"]["name"] == "zorro_zero_fill_av"
     assert body["modalities"] == {"present": ["audio"], "used": ["audio"], "zero_filled": ["video"], "degraded": True}
+
+    # The answer is the audio+video graph run by onnxruntime on the clip's audio, decoded as the
+    # gateway decodes it, and all-zero video.
+    import onnxruntime as ort
+
+    model_dir = serving_repository / "zorro_zero_fill_av"
+    spec = load_model_spec(model_dir)
+    audio = decode_audio(clips.audio, sample_rate=spec.sample_rate, start=0.0, duration=spec.clip_seconds).samples
+    assert audio.shape == (spec.clip_samples,)
+    inputs = {
+        "audio": audio[np.newaxis].astype(np.float32),
+        "video": np.zeros((1, spec.num_frames, spec.image_size, spec.image_size, 3), np.uint8),
+    }
+    session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    expected = {name: softmax(values[0]) for name, values in zip(names, session.run(names, inputs), strict=True)}
+    labels = spec.labels
+    # The same graph, batch and session options as the gateway's: identical scores.
+    assert scores(body["predictions"]) == dict(zip(labels, expected["logits"].tolist()))
+    assert set(body["heads"]) == HEADS
+    for head, top in body["heads"].items():
+        assert scores(top) == dict(zip(labels, expected[f"head_{head}"].tolist())), head
+    # Zero-filled video is not the audio route: the fused answer differs, the audio head (Zorro's
+    # audio stream never sees video) does not.
+    assert scores(body["predictions"]) != pytest.approx(scores(audio_route["predictions"]), abs=1e-5)
+    assert scores(body["heads"]["audio"]) == scores(audio_route["predictions"])
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """The gateway's softmax (float64), so equal logits give equal scores."""
+    logits = np.asarray(logits, dtype=np.float64)
+    exp = np.exp(logits - logits.max())
+    return exp / exp.sum()
 
 
 def test_missing_modality_reject_and_route_without_a_model_are_422(embedded_gateway, clips):

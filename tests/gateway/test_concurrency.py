@@ -30,7 +30,9 @@ def test_200_concurrent_requests_all_succeed(embedded_gateway, clips):
     assert statuses == [200] * CONCURRENT, {s: statuses.count(s) for s in set(statuses)}
     names = [r.json()["model"]["name"] for r in responses]
     assert names == [f"{FAMILY}_{('av', 'audio', 'video')[i % 3]}" for i in range(CONCURRENT)]
-    # Identical uploads get identical answers, however they were batched.
+    # Identical uploads get the same answers, however they were batched: equal up to float
+    # rounding, not bit for bit, because a different batch composition may change onnxruntime's
+    # GEMM blocking in the last bits.
     for i in range(3, CONCURRENT):
         expected = scores(responses[i % 3].json()["predictions"])
         assert scores(responses[i].json()["predictions"]) == pytest.approx(expected, abs=1e-5)
