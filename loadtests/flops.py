@@ -1,6 +1,6 @@
 """The compute side of the bench: graph FLOPs, this CPU's matmul peak, the graphs alone.
 
-    graph_flops(model)                        # {"av": ..., "audio": ..., "video": ...} FLOPs per clip (torch)
+    graph_flops(model)                        # {"av": ..., "audio": ..., "video": ...} FLOPs per clip (meta device)
     matmul_peak(seconds)                      # fp32 FLOP/s of a 1024x1024 matmul here (torch, all cores)
     graph_only(repository, family, flops)     # onnxruntime alone: batch-1 ms per graph, _av clips/s, FLOP/s
 """
@@ -15,20 +15,10 @@ import numpy as np
 
 
 def graph_flops(model) -> dict[str, float]:
-    """FLOPs of one clip through each modality graph (torch's FlopCounterMode: 2 per MAC)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
+    """FLOPs of one clip through each modality graph (training.models.flops.route_flops)."""
+    from training.models.flops import route_flops
 
-    cfg = model.config
-    audio = torch.zeros(1, cfg.clip_samples)
-    video = torch.zeros(1, cfg.num_frames, cfg.image_size, cfg.image_size, 3, dtype=torch.uint8)
-    flops = {}
-    for route, kwargs in (("av", {"audio": audio, "video": video}), ("audio", {"audio": audio}), ("video", {"video": video})):
-        counter = FlopCounterMode(display=False)
-        with counter:
-            model(**kwargs)
-        flops[route] = float(counter.get_total_flops())
-    return flops
+    return route_flops(model)
 
 
 def matmul_peak(seconds: float = 2.0, n: int = 1024) -> float:
