@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 from loadtests.clips import make_clips
-from loadtests.flops import graph_flops, graph_only, matmul_peak
+from loadtests.flops import graph_only, matmul_peak
 from loadtests.report import compute_ratios, write_report
 from loadtests.servers import Server
 from loadtests.stats import RunResult, summary_line
@@ -116,7 +116,9 @@ async def run_all(args, progress) -> dict:
         report["model"] = {"family": family, "checkpoint": args.checkpoint, "preset": None if args.checkpoint else args.preset,
                            "parameters": sum(p.numel() for p in model.parameters())}
         progress("measuring the matmul peak and the graphs' FLOPs ...")
-        report["flops_per_clip"] = flops = graph_flops(model)
+        from training.models.flops import route_flops
+
+        report["flops_per_clip"] = flops = route_flops(model)
         report["matmul_peak_flops"] = matmul_peak(args.peak_seconds)
         report["graph_only"] = graph_only(repository, family, flops, args.peak_seconds)
         progress(f"peak {report['matmul_peak_flops'] / 1e9:.1f} GFLOP/s; graph-only "

@@ -1,6 +1,6 @@
-"""The compute side of the bench: graph FLOPs, this CPU's matmul peak, the graphs alone.
+"""The compute side of the bench: this CPU's matmul peak and the graphs alone (FLOPs per clip
+come from training.models.flops.route_flops).
 
-    graph_flops(model)                        # {"av": ..., "audio": ..., "video": ...} FLOPs per clip (meta device)
     matmul_peak(seconds)                      # fp32 FLOP/s of a 1024x1024 matmul here (torch, all cores)
     graph_only(repository, family, flops)     # onnxruntime alone: batch-1 ms per graph, _av clips/s, FLOP/s
 """
@@ -12,13 +12,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-
-def graph_flops(model) -> dict[str, float]:
-    """FLOPs of one clip through each modality graph (training.models.flops.route_flops)."""
-    from training.models.flops import route_flops
-
-    return route_flops(model)
 
 
 def matmul_peak(seconds: float = 2.0, n: int = 1024) -> float:
