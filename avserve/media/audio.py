@@ -13,6 +13,7 @@ from av.container import InputContainer
 from av.stream import Stream
 
 from ._container import clip_origin, open_media, seek_to, select_stream, stream_end
+from ._packets import PacketSkipper
 from ._window import Window, resolve_window
 from .errors import ErrorCode, MediaError
 from .limits import DEFAULT_LIMITS, MediaLimits
@@ -26,6 +27,9 @@ _SEEK_PREROLL_SECONDS = 0.5
 # at 1 (what FFmpeg does for integer formats) keeps a full-scale input within [-1, 1].
 _DOWNMIX_OPTIONS = {"rematrix_maxval": "1.0"}
 
+# FFmpeg's sample formats (without the planar "p"), for writing silence in a decoder's format.
+_SAMPLE_DTYPES = {"u8": np.uint8, "s16": np.int16, "s32": np.int32, "s64": np.int64, "flt": np.float32, "dbl": np.float64}
+
 
 @dataclass(frozen=True)
 class DecodedAudio:
@@ -35,6 +39,10 @@ class DecodedAudio:
     valid_samples: int  # samples[valid_samples:] is zero padding past the end of the clip
     source_sample_rate: int
     source_channels: int
+    # Packets that failed to decode and were skipped (FFmpeg's behaviour, bounded by
+    # MediaLimits.max_bad_packets / max_bad_packet_bytes); the time they covered is silence.
+    skipped_packets: int = 0
+    skipped_bytes: int = 0
 
     @property
     def duration(self) -> float:
@@ -54,7 +62,8 @@ def decode_audio(
     With `duration` given the result has exactly `round(duration * sample_rate)` samples,
     zero-padded past the end of the clip; with `duration=None` it runs to the end of the
     clip (at most `limits.max_decode_seconds`). Channels are downmixed and the rate is
-    converted by FFmpeg's resampler (`av.AudioResampler`).
+    converted by FFmpeg's resampler (`av.AudioResampler`). Packets that fail to decode are
+    skipped and counted, up to the limits (then TOO_MANY_BAD_PACKETS).
     """
     if sample_rate < 1:
         raise ValueError(f"sample_rate must be >= 1, got {sample_rate}")
@@ -63,7 +72,8 @@ def decode_audio(
         if stream is None:
             raise MediaError(ErrorCode.NO_AUDIO_STREAM, "the file has no decodable audio stream")
         window = resolve_window(start, duration, stream_end(container, stream), limits)
-        pcm, pcm_start = _decode_mono(container, stream, window, sample_rate)
+        skipper = PacketSkipper("audio", limits)
+        pcm, pcm_start = _decode_mono(container, stream, window, sample_rate, skipper)
 
     wanted = round(window.duration * sample_rate)
     # Align the decoded audio to the window: drop what precedes it, or, if the stream
@@ -84,21 +94,22 @@ def decode_audio(
         valid_samples=valid_samples,
         source_sample_rate=int(context.sample_rate),
         source_channels=int(context.layout.nb_channels),
+        skipped_packets=skipper.packets,
+        skipped_bytes=skipper.bytes,
     )
 
 
 def _decode_mono(
-    container: InputContainer, stream: Stream, window: Window, sample_rate: int
+    container: InputContainer, stream: Stream, window: Window, sample_rate: int, skipper: PacketSkipper
 ) -> tuple[np.ndarray, float]:
     """Resampled mono PCM covering the window, and the clip time of its first sample."""
     if window.start > 0:
         seek_to(container, stream, max(0.0, window.start - _SEEK_PREROLL_SECONDS))
-    resampler = av.AudioResampler(
-        format="flt", layout="mono", rate=sample_rate, options=_DOWNMIX_OPTIONS
-    )
+    resampler = _MonoResampler(sample_rate)
     chunks: list[np.ndarray] = []
     pcm_start: float | None = None
-    for frame, frame_start in _frames_with_times(container, stream):
+    fed_until = 0.0  # clip time at which the audio fed to the resampler ends
+    for frame, frame_start, after_skip in _frames_with_times(container, stream, skipper):
         frame_end = frame_start + frame.samples / frame.sample_rate
         if frame_end <= window.start:
             continue  # the seek landed early; this frame is before the window
@@ -106,8 +117,12 @@ def _decode_mono(
             break
         if pcm_start is None:
             pcm_start = frame_start
-        chunks.extend(out.to_ndarray()[0] for out in resampler.resample(frame))
-    chunks.extend(out.to_ndarray()[0] for out in resampler.resample(None))  # flush
+        elif after_skip and frame_start > fed_until:
+            # Skipped packets left a hole: silence keeps the audio after it in place.
+            chunks.extend(resampler.silence(frame, frame_start - fed_until))
+        chunks.extend(resampler.resample(frame))
+        fed_until = frame_end
+    chunks.extend(resampler.flush())
     if pcm_start is None:
         # Nothing decoded in the window: the stream ends before it despite what the
         # container claimed, i.e. the file is truncated.
@@ -116,17 +131,69 @@ def _decode_mono(
     return pcm, pcm_start
 
 
+class _MonoResampler:
+    """FFmpeg's resampler to mono float32 at `rate`, rebuilt should the input change.
+
+    A damaged stream can switch layout or rate mid-way (an AC-3 header bit flipped); FFmpeg's
+    tools reconfigure their filters then, and so do we.
+    """
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._resampler: av.AudioResampler | None = None
+        self._input: tuple[str, str, int, int] | None = None
+
+    def resample(self, frame: AudioFrame) -> list[np.ndarray]:
+        kind = (frame.format.name, frame.layout.name, frame.layout.nb_channels, frame.sample_rate)
+        out = []
+        if kind != self._input:
+            out = self.flush()
+            self._resampler = av.AudioResampler(
+                format="flt", layout="mono", rate=self.rate, options=_DOWNMIX_OPTIONS
+            )
+            self._input = kind
+        assert self._resampler is not None
+        out.extend(chunk.to_ndarray()[0] for chunk in self._resampler.resample(frame))
+        return out
+
+    def silence(self, like: AudioFrame, seconds: float) -> list[np.ndarray]:
+        """`seconds` of silence in the format of frame `like`, through the same resampler."""
+        count = round(seconds * like.sample_rate)
+        if count <= 0:
+            return []
+        channels = like.layout.nb_channels
+        shape = (channels, count) if like.format.is_planar else (1, count * channels)
+        dtype = _SAMPLE_DTYPES[like.format.name.removesuffix("p")]
+        zero = 128 if dtype is np.uint8 else 0  # unsigned 8-bit PCM is centred on 128
+        silent = AudioFrame.from_ndarray(np.full(shape, zero, dtype), format=like.format, layout=like.layout)
+        silent.sample_rate = like.sample_rate
+        return self.resample(silent)
+
+    def flush(self) -> list[np.ndarray]:
+        """What the resampler still holds; the next frame starts a fresh one."""
+        if self._resampler is None:
+            return []
+        out = [chunk.to_ndarray()[0] for chunk in self._resampler.resample(None)]
+        self._resampler = self._input = None
+        return out
+
+
 def _frames_with_times(
-    container: InputContainer, stream: Stream
-) -> Iterator[tuple[AudioFrame, float]]:
-    """Decoded frames with their clip start time; a missing pts continues the previous frame."""
+    container: InputContainer, stream: Stream, skipper: PacketSkipper
+) -> Iterator[tuple[AudioFrame, float, bool]]:
+    """Decoded frames with their clip start time, and whether packets were skipped just before.
+
+    A missing pts continues the previous frame.
+    """
     origin = clip_origin(container)
     next_start: float | None = None
+    skipped = skipper.packets
     for packet in container.demux(stream):
-        for frame in packet.decode():
+        for frame in skipper.decode(packet):
             if frame.time is not None:
                 start = frame.time - origin
             else:
                 start = next_start if next_start is not None else 0.0
             next_start = start + frame.samples / frame.sample_rate
-            yield frame, start
+            yield frame, start, skipper.packets != skipped
+            skipped = skipper.packets

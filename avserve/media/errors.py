@@ -24,6 +24,9 @@ class ErrorCode(StrEnum):
     FRAME_TOO_LARGE = "frame_too_large"
     DURATION_TOO_LONG = "duration_too_long"
     INVALID_WINDOW = "invalid_window"
+    # More packets of a stream failed to decode than MediaLimits.max_bad_packets (or their
+    # bytes exceed max_bad_packet_bytes); fewer are skipped and reported, like FFmpeg does.
+    TOO_MANY_BAD_PACKETS = "too_many_bad_packets"
 
 
 class MediaError(Exception):

@@ -7,7 +7,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import av.error
 from av.audio.frame import AudioFrame
 from av.container import InputContainer
 from av.stream import Stream
@@ -20,6 +19,7 @@ from ._container import (
     select_stream,
     stream_duration,
 )
+from ._packets import PacketSkipper
 from .errors import ErrorCode, MediaError
 from .limits import DEFAULT_LIMITS, MediaLimits
 from .rotation import frame_rotation
@@ -37,6 +37,9 @@ class AudioStreamInfo:
     channels: int
     layout: str
     duration: float | None
+    # Packets before the first frame that failed to decode and were skipped (and their size).
+    skipped_packets: int = 0
+    skipped_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,8 @@ class VideoStreamInfo:
     rotation: int  # degrees counter-clockwise that turn a stored frame upright: 0/90/180/270
     frame_count: int | None
     duration: float | None
+    skipped_packets: int = 0  # as AudioStreamInfo's
+    skipped_bytes: int = 0
 
     @property
     def display_width(self) -> int:
@@ -85,24 +90,33 @@ class MediaInfo:
 def probe(path: str | os.PathLike[str], limits: MediaLimits = DEFAULT_LIMITS) -> MediaInfo:
     """Describe the decodable audio and video streams of `path`.
 
-    A stream counts only if its first frame actually decodes: a known codec with broken
-    data is as useless to us as an unknown one. Raises MediaError (NO_DECODABLE_STREAM if
-    neither an audio nor a video stream decodes, or a limit/format code).
+    A stream counts only if a frame actually decodes: a known codec with broken data is as
+    useless to us as an unknown one. Packets that fail to decode before that first frame are
+    skipped, as FFmpeg does, up to `limits.max_bad_packets` / `max_bad_packet_bytes`; a
+    stream with more is left out. Raises MediaError (NO_DECODABLE_STREAM if neither an audio
+    nor a video stream decodes, or a limit/format code).
     """
     path = Path(path)
     with open_media(path, limits) as container:
         audio_stream = select_stream(container, "audio")
         video_stream = select_stream(container, "video")
-        first_frames = _first_frames(container, [s for s in (audio_stream, video_stream) if s])
+        skippers = {
+            stream.index: PacketSkipper(kind, limits, strict=False)
+            for kind, stream in (("audio", audio_stream), ("video", video_stream))
+            if stream is not None
+        }
+        first_frames = _first_frames(container, [s for s in (audio_stream, video_stream) if s], skippers)
 
         audio = video = None
         if audio_stream is not None and audio_stream.index in first_frames:
-            audio = _audio_info(audio_stream, container)
+            frame = first_frames[audio_stream.index]
+            assert isinstance(frame, AudioFrame)
+            audio = _audio_info(audio_stream, container, frame, skippers[audio_stream.index])
         if video_stream is not None and video_stream.index in first_frames:
             frame = first_frames[video_stream.index]
             assert isinstance(frame, VideoFrame)
             check_frame_pixels(frame.width, frame.height, limits)
-            video = _video_info(video_stream, container, frame)
+            video = _video_info(video_stream, container, frame, skippers[video_stream.index])
         if audio is None and video is None:
             raise MediaError(
                 ErrorCode.NO_DECODABLE_STREAM, "the file has no audio or video stream we can decode"
@@ -118,9 +132,9 @@ def probe(path: str | os.PathLike[str], limits: MediaLimits = DEFAULT_LIMITS) ->
 
 
 def _first_frames(
-    container: InputContainer, streams: list[Stream]
+    container: InputContainer, streams: list[Stream], skippers: dict[int, PacketSkipper]
 ) -> dict[int, AudioFrame | VideoFrame]:
-    """Decode until each stream has given one frame; a stream that fails is left out."""
+    """Decode until each stream has given one frame; a stream past its bad-packet limit is left out."""
     frames: dict[int, AudioFrame | VideoFrame] = {}
     failed: set[int] = set()
     if not streams:
@@ -128,30 +142,37 @@ def _first_frames(
     for count, packet in enumerate(container.demux(*streams)):
         index = packet.stream.index
         if index not in frames and index not in failed:
-            try:
-                decoded = packet.decode()
-            except (av.error.FFmpegError, ValueError):
+            decoded = skippers[index].decode(packet)
+            if decoded:
+                frames[index] = decoded[0]
+            elif skippers[index].exceeded:
                 failed.add(index)
-            else:
-                if decoded:
-                    frames[index] = decoded[0]
         if len(frames) + len(failed) == len(streams) or count >= _FIRST_FRAME_PACKET_BUDGET:
             break
     return frames
 
 
-def _audio_info(stream: Stream, container: InputContainer) -> AudioStreamInfo:
+def _audio_info(
+    stream: Stream, container: InputContainer, first: AudioFrame, skipped: PacketSkipper
+) -> AudioStreamInfo:
     context = stream.codec_context
+    # The header's parameters, else the first frame's (a header FFmpeg could not fill in
+    # because the packets it looked at were damaged).
+    layout = context.layout if context.layout.nb_channels else first.layout
     return AudioStreamInfo(
         codec=context.name,
-        sample_rate=int(context.sample_rate),
-        channels=int(context.layout.nb_channels),
-        layout=context.layout.name,
+        sample_rate=int(context.sample_rate or first.sample_rate),
+        channels=int(layout.nb_channels),
+        layout=layout.name,
         duration=stream_duration(stream) or container_duration(container),
+        skipped_packets=skipped.packets,
+        skipped_bytes=skipped.bytes,
     )
 
 
-def _video_info(stream: Stream, container: InputContainer, first: VideoFrame) -> VideoStreamInfo:
+def _video_info(
+    stream: Stream, container: InputContainer, first: VideoFrame, skipped: PacketSkipper
+) -> VideoStreamInfo:
     context = stream.codec_context
     rate = stream.average_rate or stream.guessed_rate
     return VideoStreamInfo(
@@ -162,4 +183,6 @@ def _video_info(stream: Stream, container: InputContainer, first: VideoFrame) ->
         rotation=frame_rotation(first, stream),
         frame_count=stream.frames if stream.frames > 0 else None,
         duration=stream_duration(stream) or container_duration(container),
+        skipped_packets=skipped.packets,
+        skipped_bytes=skipped.bytes,
     )

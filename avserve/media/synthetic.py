@@ -191,3 +191,62 @@ def _encode_audio(container, stream, track: AudioTrack) -> None:
     for resampled in resampler.resample(None):
         container.mux(stream.encode(resampled))
     container.mux(stream.encode(None))
+
+
+# --- Damaged copies ---------------------------------------------------------------------
+
+
+def damage_packets(
+    source: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
+    *,
+    stream: str,
+    packets: Sequence[int],
+    mode: str = "overwrite",
+    seed: int = 0,
+) -> Path:
+    """Copy `source` with the payload of some packets of its `stream` ("audio"/"video") damaged.
+
+    `packets` index that stream's packets in file order (negative: from the end).
+    "overwrite": the payload bytes are overwritten in place with random ones; the container,
+    its index and every timestamp stay intact (a disk or transfer error).
+    "truncate": the file is remuxed with only the first third of those payloads (an
+    incomplete packet, e.g. a capture that dropped bytes).
+    """
+    source, destination = Path(source), Path(destination)
+    with av.open(str(source)) as container:
+        spans = [(p.pos, p.size) for p in container.demux() if p.size and p.stream.type == stream]
+    chosen = sorted({range(len(spans))[i] for i in packets})  # IndexError if out of range
+    if mode == "overwrite":
+        data = bytearray(source.read_bytes())
+        rng = np.random.default_rng(seed)
+        for position, size in (spans[i] for i in chosen):
+            if position is None or position < 0:
+                raise ValueError(f"{source.name}: the demuxer gives no position for its {stream} packets")
+            data[position : position + size] = rng.bytes(size)
+        destination.write_bytes(bytes(data))
+    elif mode == "truncate":
+        _remux_truncated(source, destination, stream, set(chosen))
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
+    return destination
+
+
+def _remux_truncated(source: Path, destination: Path, kind: str, chosen: set[int]) -> None:
+    """Remux `source` (container from the destination's extension), cutting the chosen packets."""
+    with av.open(str(source)) as input_, av.open(str(destination), mode="w") as output:
+        streams = {s.index: output.add_stream_from_template(s) for s in input_.streams}
+        ordinal = 0
+        for packet in input_.demux():
+            if not packet.size:
+                continue  # the demuxer's end-of-stream packets
+            index = packet.stream.index
+            if packet.stream.type == kind:
+                if ordinal in chosen:
+                    cut = av.Packet(bytes(packet)[: packet.size // 3])
+                    cut.pts, cut.dts, cut.time_base = packet.pts, packet.dts, packet.time_base
+                    cut.is_keyframe = packet.is_keyframe
+                    packet = cut
+                ordinal += 1
+            packet.stream = streams[index]
+            output.mux(packet)

@@ -22,6 +22,7 @@ from ._container import (
     select_stream,
     stream_end,
 )
+from ._packets import PacketSkipper
 from ._window import Window, resolve_window
 from .errors import ErrorCode, MediaError
 from .limits import DEFAULT_LIMITS, MediaLimits
@@ -38,6 +39,10 @@ class DecodedVideo:
     timestamps: np.ndarray  # float64 [N], clip time (s) at which each returned frame is shown
     source_size: tuple[int, int]  # (height, width) of the upright source picture
     rotation: int  # degrees counter-clockwise applied to make the frames upright
+    # Packets that failed to decode and were skipped (FFmpeg's behaviour, bounded by
+    # MediaLimits.max_bad_packets / max_bad_packet_bytes): the frame before stays on screen.
+    skipped_packets: int = 0
+    skipped_bytes: int = 0
 
 
 def decode_video(
@@ -56,6 +61,8 @@ def decode_video(
     so variable frame rate is handled). Frames are turned upright, resized so they cover
     `size` -- an int for a square, or (height, width) -- and centre-cropped.
     With `duration=None` the window runs to the end, at most `limits.max_decode_seconds`.
+    Packets that fail to decode are skipped and counted, up to the limits (then
+    TOO_MANY_BAD_PACKETS).
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
@@ -72,7 +79,8 @@ def decode_video(
         if clip_end is not None:
             window = Window(window.start, min(window.end, clip_end), window.padded)
         targets = segment_centres(window, num_frames)
-        shown = _frames_shown_at(container, stream, targets, limits)
+        skipper = PacketSkipper("video", limits)
+        shown = _frames_shown_at(container, stream, targets, limits, skipper)
         rotation = frame_rotation(shown[0][0], stream)
         frames = _to_rgb_batch([frame for frame, _ in shown], rotation, out_height, out_width)
 
@@ -83,6 +91,8 @@ def decode_video(
         timestamps=np.array([time for _, time in shown], dtype=np.float64),
         source_size=upright,
         rotation=rotation,
+        skipped_packets=skipper.packets,
+        skipped_bytes=skipper.bytes,
     )
 
 
@@ -96,7 +106,11 @@ def segment_centres(window: Window, count: int) -> list[float]:
 
 
 def _frames_shown_at(
-    container: InputContainer, stream: Stream, targets: list[float], limits: MediaLimits
+    container: InputContainer,
+    stream: Stream,
+    targets: list[float],
+    limits: MediaLimits,
+    skipper: PacketSkipper,
 ) -> list[tuple[VideoFrame, float]]:
     """For each target (sorted), the frame on screen at that time and its clip time.
 
@@ -113,7 +127,7 @@ def _frames_shown_at(
     shown: list[tuple[VideoFrame, float]] = []
     for target in targets:
         if frames is None or index.keyframe_between(position, target):
-            frames = _seek_before(container, stream, target, index.decode_lag, limits)
+            frames = _seek_before(container, stream, target, index.decode_lag, limits, skipper)
             position, on_screen, ahead = -math.inf, None, None
         while True:
             if ahead is None:
@@ -178,6 +192,7 @@ def _seek_before(
     target: float,
     decode_lag: float,
     limits: MediaLimits,
+    skipper: PacketSkipper,
 ) -> Iterator[tuple[VideoFrame, float]]:
     """Decoded frames starting at the last keyframe displayed at or before `target`.
 
@@ -185,17 +200,17 @@ def _seek_before(
     misjudged), retry once from a second earlier.
     """
     seek_to(container, stream, max(0.0, target - decode_lag))
-    frames = _decoded_frames(container, stream, limits)
+    frames = _decoded_frames(container, stream, limits, skipper)
     first = next(frames, None)
     if first is not None and first[1] > target + _TIME_EPSILON and target > 0:
         seek_to(container, stream, max(0.0, first[1] - decode_lag - 1.0))
-        frames = _decoded_frames(container, stream, limits)
+        frames = _decoded_frames(container, stream, limits, skipper)
         first = next(frames, None)
     return itertools.chain([first] if first is not None else [], frames)
 
 
 def _decoded_frames(
-    container: InputContainer, stream: Stream, limits: MediaLimits
+    container: InputContainer, stream: Stream, limits: MediaLimits, skipper: PacketSkipper
 ) -> Iterator[tuple[VideoFrame, float]]:
     """Frames from the current read position with their clip time (presentation order)."""
     origin = clip_origin(container)
@@ -203,7 +218,7 @@ def _decoded_frames(
     frame_period = 1.0 / float(rate) if rate else 0.0
     previous: float | None = None
     for packet in container.demux(stream):
-        for frame in packet.decode():
+        for frame in skipper.decode(packet):
             # The header was checked, but a stream may change resolution mid-way.
             check_frame_pixels(frame.width, frame.height, limits)
             if frame.time is not None:

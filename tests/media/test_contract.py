@@ -26,7 +26,7 @@ def test_error_code_values_are_stable():
     assert {code.value for code in ErrorCode} >= {
         "empty_file", "file_too_large", "unsupported_media", "corrupt_media",
         "no_decodable_stream", "no_audio_stream", "no_video_stream", "too_many_streams",
-        "frame_too_large", "duration_too_long", "invalid_window",
+        "frame_too_large", "duration_too_long", "invalid_window", "too_many_bad_packets",
     }
     assert ErrorCode("corrupt_media") is ErrorCode.CORRUPT_MEDIA
     assert isinstance(ErrorCode.CORRUPT_MEDIA, str)
@@ -48,6 +48,10 @@ def test_limits_are_frozen_and_validated():
         MediaLimits(max_decode_seconds=0)
     with pytest.raises(ValueError):
         MediaLimits(max_streams=0)
+    assert (DEFAULT_LIMITS.max_bad_packets, DEFAULT_LIMITS.max_bad_packet_bytes) == (16, 1024 * 1024)
+    assert MediaLimits(max_bad_packets=0).max_bad_packets == 0  # strict: the first bad packet fails
+    with pytest.raises(ValueError):
+        MediaLimits(max_bad_packet_bytes=-1)
 
 
 def test_media_info_to_dict_is_json_safe(clips):
