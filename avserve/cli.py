@@ -126,14 +126,53 @@ def triton(
     log_verbose: Annotated[int, typer.Option(min=0, help="Triton's --log-verbose level.")] = 0,
     log_file: Annotated[Optional[Path], typer.Option(help="Keep the server log here (default: a temp file).")] = None,
     startup_timeout: Annotated[float, typer.Option(min=1.0, help="Seconds to wait for readiness.")] = 120.0,
+    max_restarts: Annotated[
+        int, typer.Option(min=0, help="Restarts in a row (without --restart-reset-after s up) before giving up; 0: never restart.")
+    ] = 5,
+    restart_delay: Annotated[float, typer.Option(min=0.0, help="Backoff before the first restart (s); doubles per failure in a row.")] = 1.0,
+    restart_max_delay: Annotated[float, typer.Option(min=0.0, help="Longest backoff (s).")] = 30.0,
+    restart_reset_after: Annotated[
+        float, typer.Option(min=0.0, help="Seconds up after which a server's death starts a new backoff series.")
+    ] = 60.0,
+    supervisor_metrics_port: Annotated[
+        Optional[int], typer.Option(min=0, max=65535, help="Serve the supervisor's metrics (avserve_triton_*) here (0: any free port; default: off).")
+    ] = None,
 ) -> None:
-    """Run a real local Triton (CPU, Python backend) on a model repository until Ctrl-C."""
-    from avserve.repository import RepositoryError
-    from avserve.triton import LocalTriton, LocalTritonError, TritonNotInstalledError
+    """Run a real local Triton (CPU, Python backend) on a model repository until Ctrl-C, restarting it when it dies.
 
-    server = LocalTriton(
+    A server that exits without being asked to (a crash, a kill) is restarted on the same ports
+    after a backoff: --restart-delay, doubled per failure in a row up to --restart-max-delay, minus
+    up to 20% at random. A server up for --restart-reset-after seconds starts a new series; after
+    --max-restarts failures in a row it exits with code 1. Each restart is logged on stderr with
+    the exit code or signal and the delay. With --supervisor-metrics-port: avserve_triton_up,
+    avserve_triton_restarts_total{outcome}, avserve_triton_unexpected_exits_total,
+    avserve_triton_last_exit_code, avserve_triton_consecutive_failures,
+    avserve_triton_restart_backoff_seconds, avserve_triton_server_start_time_seconds and
+    avserve_triton_startup_seconds at http://ADDRESS:PORT/metrics. Ctrl-C or SIGTERM stops the
+    server (and its Python-backend stubs) without a restart.
+    """
+    import logging
+
+    from avserve.repository import RepositoryError
+    from avserve.triton import LocalTritonError, RestartPolicy, SupervisedTriton, TritonNotInstalledError
+
+    if restart_max_delay < restart_delay:
+        fail("--restart-max-delay must be at least --restart-delay")
+    policy = RestartPolicy(
+        initial_delay=restart_delay, max_delay=restart_max_delay, reset_after=restart_reset_after,
+        max_restarts=max_restarts,
+    )  # fmt: skip
+    supervisor_log = logging.getLogger("avserve.triton")
+    if not supervisor_log.handlers:
+        handler = logging.StreamHandler()  # stderr
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        supervisor_log.addHandler(handler)
+        supervisor_log.setLevel(logging.INFO)
+        supervisor_log.propagate = False
+    server = SupervisedTriton(
         repository, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, address=address,
-        log_verbose=log_verbose, log_file=log_file, startup_timeout=startup_timeout,
+        log_verbose=log_verbose, log_file=log_file, startup_timeout=startup_timeout, policy=policy,
+        supervisor_port=supervisor_metrics_port,
     )  # fmt: skip
 
     def announce() -> None:
@@ -141,8 +180,15 @@ def triton(
         typer.echo(f"  HTTP     {server.http_url}")
         typer.echo(f"  gRPC     {server.grpc_url}")
         typer.echo(f"  metrics  {server.metrics_url}")
+        if server.supervisor_url is not None:
+            typer.echo(f"  supervisor  {server.supervisor_url}")
         for name, reason in server.shadow.skipped.items():
             typer.echo(f"  skipped  {name}: {reason}")
+        if policy.max_restarts:
+            typer.echo(
+                f"Restarts it when it dies: up to {policy.max_restarts} in a row, backoff {policy.initial_delay:g} s "
+                f"doubling to {policy.max_delay:g} s (pid {server.pid}, log {server.log_path})"
+            )
 
     _run_until_interrupted(
         server, name="Triton", announce=announce,

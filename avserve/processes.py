@@ -40,6 +40,16 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
+def describe_exit(returncode: int) -> str:
+    """`Popen.returncode` in words: "exited with code 1", "killed by SIGKILL"."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
 def free_ports(count: int, address: str = "127.0.0.1") -> list[int]:
     """`count` distinct ports free right now (held open together so they differ)."""
     sockets = []

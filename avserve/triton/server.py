@@ -7,11 +7,23 @@
 temp dir, launches the server in its own process group and waits for `/v2/health/ready`.
 `stop()` sends SIGINT (Triton unloads models and stops its Python stubs), kills the whole
 process group if that takes too long, and removes the temp dir. Port 0 picks a free port.
+
+The temp dir is the server's only scratch space, so stop() leaves nothing behind even after the
+server was killed:
+
+    avserve-triton-XXXX/repository/   the shadow repository (shadow.py)
+                        backends/     the Python backend: library, utils, stub
+                        tmp/          the server's working directory, TMPDIR, and the Python
+                                      backend's python_env_* dir (see _prepare_python_backend)
+                        server.log    unless log_file is given
+
+`avserve triton` keeps one running with restarts (supervisor.py).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -19,6 +31,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -32,10 +45,20 @@ from avserve.repository import Repository, load_repository
 from .install import LocalTritonError, TritonInstall, find_triton
 from .shadow import ShadowRepository, build_shadow_repository
 
+logger = logging.getLogger(__name__)
+
 LOG_TAIL_LINES = 40
 # Python-backend shared memory per model instance: the 1 MiB default grows in 1 MiB steps,
 # and a batch of video clips is several MiB, so start (and grow) bigger.
 SHM_BYTES = 16 * 1024 * 1024
+# The Python backend makes a dir for extracted execution environments from the fixed template
+# "/tmp/python_env_XXXXXX" (pb_env.cc, EnvironmentManager: it ignores TMPDIR) and removes it only
+# on a clean shutdown, so every killed server left an empty /tmp/python_env_* behind. The
+# template's first 16 bytes are one constant in the library's .rodata; in our copy they become a
+# relative path of the same length, so mkdtemp() makes the dir in the server's working
+# directory (its own tmp/), which stop() removes whatever happened to the server.
+PYTHON_ENV_TEMPLATE = b"/tmp/python_env_"
+PYTHON_ENV_PRIVATE = b"././/python_env_"  # -> <cwd>/python_env_XXXXXX
 
 
 class LocalTriton:
@@ -54,6 +77,7 @@ class LocalTriton:
         startup_timeout: float = 60.0,
         stop_timeout: float = 20.0,
         install: TritonInstall | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.source = Path(repository)
         self.address = address
@@ -65,6 +89,7 @@ class LocalTriton:
         self._requested_ports = (http_port, grpc_port, metrics_port)
         self._requested_log_file = Path(log_file) if log_file is not None else None
         self._install = install
+        self._cancel = cancel  # once set, a start() still waiting for readiness gives up
         self._workdir: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self.http_port = self.grpc_port = self.metrics_port = 0
@@ -94,8 +119,23 @@ class LocalTriton:
     def pid(self) -> int | None:
         return self._process.pid if self._process is not None else None
 
+    @property
+    def workdir(self) -> Path | None:
+        """This server's temp dir (None before start() and after stop())."""
+        return self._workdir
+
+    @property
+    def tmp_dir(self) -> Path | None:
+        """The server's working directory and TMPDIR, inside `workdir`."""
+        return self._workdir / "tmp" if self._workdir is not None else None
+
     def is_running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    def poll(self) -> int | None:
+        """The server's exit status once it has exited on its own (negative: killed by that
+        signal), None while it runs or when it was never started."""
+        return self._process.poll() if self._process is not None else None
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -157,6 +197,8 @@ class LocalTriton:
 
     def _prepare(self, install: TritonInstall) -> None:
         self._workdir = Path(tempfile.mkdtemp(prefix="avserve-triton-"))
+        assert self.tmp_dir is not None
+        self.tmp_dir.mkdir()
         self.shadow = build_shadow_repository(self.source, self._workdir / "repository")
         if not self.shadow.models:
             raise LocalTritonError(
@@ -201,8 +243,8 @@ class LocalTriton:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=_server_environment(install),
-                cwd=self._workdir,
+                env=_server_environment(install, self.tmp_dir),
+                cwd=self.tmp_dir,
                 # Own process group: a terminal's Ctrl-C reaches us, not Triton, so shutdown
                 # stays ordered; and stop() can kill Triton and its stubs together.
                 start_new_session=True,
@@ -226,6 +268,8 @@ class LocalTriton:
                     raise self._failure(f"models failed to load: {unavailable}")
             if time.monotonic() > deadline:
                 raise self._failure(f"tritonserver was not ready within {self.startup_timeout:.0f} s")
+            if self._cancel is not None and self._cancel.is_set():
+                raise LocalTritonError("start-up cancelled")
             time.sleep(0.1)
 
     def _unavailable_models(self) -> dict[str, str]:
@@ -257,13 +301,22 @@ def _prepare_python_backend(install: TritonInstall, python_dir: Path) -> None:
     `triton_python_backend_stub` next to libtriton_python.so, so the three are copied together.
     """
     python_dir.mkdir(parents=True)
-    for name in ("libtriton_python.so", "triton_python_backend_utils.py"):
-        shutil.copy2(install.python_backend / name, python_dir / name)
+    shutil.copy2(install.python_backend / "triton_python_backend_utils.py", python_dir)
+    library = (install.python_backend / "libtriton_python.so").read_bytes()
+    if library.count(PYTHON_ENV_TEMPLATE) == 1:
+        library = library.replace(PYTHON_ENV_TEMPLATE, PYTHON_ENV_PRIVATE)
+    else:  # another build of the backend: it still works, but may leave /tmp/python_env_* behind
+        logger.warning("%s: python_env template not found; killed servers may leave /tmp/python_env_* dirs",
+                       install.python_backend / "libtriton_python.so")  # fmt: skip
+    (python_dir / "libtriton_python.so").write_bytes(library)
+    shutil.copystat(install.python_backend / "libtriton_python.so", python_dir / "libtriton_python.so")
     shutil.copy2(install.stub, python_dir / install.stub.name)
 
 
-def _server_environment(install: TritonInstall) -> dict[str, str]:
+def _server_environment(install: TritonInstall, tmp_dir: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
+    if tmp_dir is not None:  # the server's and its stubs' temp files stay in its own dir
+        env.update(TMPDIR=str(tmp_dir), TMP=str(tmp_dir), TEMP=str(tmp_dir))
     # The stub runs `python3` from PATH: it must be this interpreter (the venv has numpy and
     # onnxruntime), not the system one.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,6 +195,59 @@ def processes_mentioning(text: str) -> list[int]:
     return pids
 
 
+def tritonserver_pids(text: str) -> list[int]:
+    """Pids of live tritonserver processes (not their Python stubs) whose command line contains `text`."""
+    pids = []
+    for pid in processes_mentioning(text):
+        try:
+            program = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+        except OSError:
+            continue
+        if program.endswith(b"/tritonserver"):
+            pids.append(pid)
+    return pids
+
+
+class LineReader:
+    """Collects a child's output lines on a thread, so waiting for a line can time out instead of hang."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self._new = threading.Condition()
+        self._done = False
+        self._thread = threading.Thread(target=self._pump, args=(process,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            with self._new:
+                self.lines.append(line.rstrip("\n"))
+                self._new.notify_all()
+        with self._new:
+            self._done = True
+            self._new.notify_all()
+
+    def count(self, fragment: str) -> int:
+        with self._new:
+            return sum(fragment in line for line in self.lines)
+
+    def wait_for(self, marker: str, timeout: float, occurrences: int = 1) -> list[str]:
+        """Every line so far, once `occurrences` lines contain `marker`; AssertionError after `timeout`."""
+
+        def seen() -> bool:
+            return sum(marker in line for line in self.lines) >= occurrences
+
+        with self._new:
+            if not self._new.wait_for(lambda: seen() or self._done, timeout) or not seen():
+                raise AssertionError(f"no {marker!r} (x{occurrences}) within {timeout} s; output so far: {self.lines}")
+            return list(self.lines)
+
+    def join(self, timeout: float) -> list[str]:
+        self._thread.join(timeout)
+        return self.lines
+
+
 def make_inputs(model: str, batch: int, seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     if model == "tiny_lookup":
@@ -216,6 +271,8 @@ class Tiny:
     audio_graph = staticmethod(audio_graph)
     tree_digest = staticmethod(tree_digest)
     processes_mentioning = staticmethod(processes_mentioning)
+    tritonserver_pids = staticmethod(tritonserver_pids)
+    line_reader = LineReader
     inputs = staticmethod(make_inputs)
 
 

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import urllib.request
 from pathlib import Path
 
@@ -69,7 +68,7 @@ def test_cli_serves_until_signalled(tiny_repository: Path, tmp_path: Path, stop_
     command = [sys.executable, "-m", "avserve.cli", "triton", "--repository", str(tiny_repository)]
     command += ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
-    stdout = _StdoutReader(process)
+    stdout = tiny.line_reader(process)
     try:
         lines = stdout.wait_for("Press Ctrl-C to stop.", timeout=60)
         urls = dict(line.split(None, 1) for line in lines if line.startswith("  "))
@@ -90,35 +89,3 @@ def test_cli_serves_until_signalled(tiny_repository: Path, tmp_path: Path, stop_
     assert stdout.join(timeout=5)[-2:] == ["stopping Triton ...", "stopped"]
     assert tiny.processes_mentioning(env["TMPDIR"]) == []  # no tritonserver or stub left
     assert list(Path(env["TMPDIR"]).glob("avserve-triton-*")) == []  # shadow repository removed
-
-
-class _StdoutReader:
-    """Collects stdout lines on a thread, so waiting for a line can time out instead of hang."""
-
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        self.lines: list[str] = []
-        self._new = threading.Condition()
-        self._done = False
-        self._thread = threading.Thread(target=self._pump, args=(process,), daemon=True)
-        self._thread.start()
-
-    def _pump(self, process: subprocess.Popen[str]) -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            with self._new:
-                self.lines.append(line.rstrip("\n"))
-                self._new.notify_all()
-        with self._new:
-            self._done = True
-            self._new.notify_all()
-
-    def wait_for(self, marker: str, timeout: float) -> list[str]:
-        with self._new:
-            found = self._new.wait_for(lambda: marker in self.lines or self._done, timeout)
-            if not found or marker not in self.lines:
-                raise AssertionError(f"no {marker!r} within {timeout} s; stdout so far: {self.lines}")
-            return list(self.lines)
-
-    def join(self, timeout: float) -> list[str]:
-        self._thread.join(timeout)
-        return self.lines
