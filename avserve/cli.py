@@ -205,36 +205,47 @@ def serve(
     triton_url: Annotated[Optional[str], typer.Option(help="Triton gRPC host:port (triton backend).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8080,
+    metrics_port: Annotated[
+        Optional[int],
+        typer.Option(min=1, max=65535, help="Serve /metrics here only, without credentials; default: AVSERVE_METRICS_PORT, else on --port."),
+    ] = None,
     log_level: Annotated[Optional[str], typer.Option(help="debug | info | warning | error.")] = None,
 ) -> None:
     """Serve the HTTP gateway (POST /classify, /v1/models, /healthz, /readyz, /metrics, /docs).
 
-    Every other setting is an AVSERVE_* environment variable (avserve/gateway/settings.py).
+    Every other setting is an AVSERVE_* environment variable (avserve/gateway/settings.py). The
+    server is uvicorn with the gateway's HTTP protocol (avserve/gateway/server.py): request heads
+    must arrive within AVSERVE_HEADER_TIMEOUT_SECONDS (408) and fit AVSERVE_MAX_HEADER_BYTES
+    (431), and malformed HTTP is answered in the JSON error shape.
     """
-    import uvicorn
     from pydantic import ValidationError
 
     from avserve.gateway import GatewaySettings, create_app
     from avserve.gateway.observability import configure_logging
+    from avserve.gateway.server import run_gateway
     from avserve.repository import RepositoryError
 
     if backend is not None and backend not in ("embedded", "triton"):
         fail(f"--backend must be embedded or triton, not {backend!r}")
-    overrides = {"repository": repository, "backend": backend, "triton_url": triton_url, "log_level": log_level}
+    overrides = {
+        "repository": repository, "backend": backend, "triton_url": triton_url, "log_level": log_level,
+        "metrics_port": metrics_port,
+    }  # fmt: skip
     try:
         settings = GatewaySettings(**{key: value for key, value in overrides.items() if value is not None})
     except ValidationError as error:
         fail("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()))
     if settings.backend == "embedded" and not settings.repository.is_dir():
         fail(f"model repository {settings.repository} is not a directory (use --repository)")
+    if settings.metrics_port is not None and settings.metrics_port == port:
+        fail(f"the metrics port must differ from --port ({port})")
     configure_logging(settings.log_level, settings.log_format)
     try:
-        uvicorn.run(
-            create_app(settings), host=host, port=port, log_config=None, log_level=settings.log_level.lower(),
-            access_log=False, timeout_graceful_shutdown=10,
-        )  # fmt: skip
+        started = run_gateway(create_app(settings), settings, host=host, port=port)
     except RepositoryError as error:
         fail(str(error))
+    if not started:
+        raise typer.Exit(3)  # uvicorn's STARTUP_FAILURE: the lifespan failed (logged above)
 
 
 @app.command()

@@ -24,7 +24,8 @@ WORKDIR /tmp
 ENV AVSERVE_BACKEND=triton \
     AVSERVE_TRITON_URL=triton:8001 \
     AVSERVE_LOG_FORMAT=json
-EXPOSE 8080
+# 8081: the metrics listener when AVSERVE_METRICS_PORT=8081 (docker-compose.yml sets it).
+EXPOSE 8080 8081
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
 CMD ["avserve", "serve", "--backend", "triton", "--host", "0.0.0.0", "--port", "8080"]

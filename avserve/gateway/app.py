@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from avserve.backends import BackendUnavailable, InferenceBackend, create_backend
 
+from .auth import OperatorAccessMiddleware
 from .classifier import Classifier
 from .errors import install_error_handlers
 from .metrics import GatewayMetrics
@@ -97,7 +98,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(OperatorAccessMiddleware)  # /metrics and the docs: API key or metrics port
+    app.add_middleware(RequestContextMiddleware)  # outermost: request id, access log
     app.include_router(classify.router)
     app.include_router(models.router)
     app.include_router(health.router)

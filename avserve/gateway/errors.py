@@ -5,7 +5,9 @@
 Handlers below turn `ApiError`, media errors, backend errors, FastAPI's validation errors
 and Starlette's HTTP errors into that shape. Anything else is a bug: the request-context
 middleware logs it with its traceback and answers a generic 500 in the same shape (tests
-assert that no input causes one).
+assert that no input causes one). What is refused before the application sees a request
+(malformed HTTP, over-long or too slow headers) is answered in the same shape by the HTTP
+protocol (avserve/gateway/server.py); README "Errors" lists the few answers that cannot be JSON.
 """
 
 from __future__ import annotations
@@ -83,6 +85,9 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
 def openapi_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The `responses=` entry documenting error statuses with the error model."""
     descriptions = {
+        400: "Malformed HTTP (`invalid_http_request`, `invalid_content_length`): answered by the HTTP layer.",
+        408: "The request line and headers took longer than the header timeout (`request_header_timeout`).",
+        431: "Request headers (`request_headers_too_large`) or a multipart part's headers (`part_header_too_large`) too large.",
         401: "No API key was sent (`missing_api_key`).",
         403: "The API key is not valid (`invalid_api_key`).",
         404: "No such model or family (`unknown_model`).",

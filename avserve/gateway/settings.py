@@ -65,8 +65,21 @@ class GatewaySettings(BaseSettings):
     max_decode_seconds: float = Field(60.0, gt=0)
 
     # ---- access -----------------------------------------------------------------------------
-    # Comma-separated (or a JSON list). Empty: no authentication.
+    # Comma-separated (or a JSON list). Empty: no authentication. With keys, /metrics and the
+    # OpenAPI docs need one too (auth.OperatorAccessMiddleware), unless served on metrics_port.
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535,
+        description="Serve /metrics on this port only, without credentials (avserve serve); default: on the main port.",
+    )  # fmt: skip
+
+    # ---- HTTP layer (avserve serve: avserve/gateway/server.py) -------------------------------
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="A request's line and headers must arrive within this (408, connection closed)."
+    )
+    max_header_bytes: int = Field(
+        64 * 1024, ge=4096, description="Largest request line + headers accepted (431 beyond)."
+    )
 
     # ---- logs ---------------------------------------------------------------------------------
     log_level: str = "INFO"

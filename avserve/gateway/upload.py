@@ -6,6 +6,10 @@ with a media content type. Either way the gateway counts bytes as they arrive an
 at the first byte past the limit (413), checks the leading bytes against known media
 signatures before FFmpeg ever sees the file (415), and deletes the file when the request
 ends, whatever happened (the `finally` of `spooled_upload`).
+
+A part's headers are accepted up to `PART_HEADER_MAX_BYTES` per header line (a filename of
+several KB is fine: it is not needed to classify, only its extension is kept) and
+`PART_HEADERS_MAX` lines; beyond either, `431 part_header_too_large`.
 """
 
 from __future__ import annotations
@@ -28,8 +32,12 @@ from .errors import ApiError
 
 UPLOAD_FIELD = "file"
 TEMP_PREFIX = "avserve-upload-"
+# One part header line (name + value), e.g. Content-Disposition with its filename: 16 KiB
+# holds a PATH_MAX path percent-encoded (python-multipart's own default is 4 KiB + 128).
+PART_HEADER_MAX_BYTES = 16 * 1024
+PART_HEADERS_MAX = 8  # header lines in one part (real clients send two or three)
 # Room for multipart boundaries, part headers and small form fields around the clip.
-MULTIPART_OVERHEAD_BYTES = 64 * 1024
+MULTIPART_OVERHEAD_BYTES = 256 * 1024
 SNIFF_BYTES = 512
 RAW_MEDIA_TYPES = {
     "application/octet-stream",
@@ -218,7 +226,9 @@ class _MultipartReceiver:
             "on_end": self._on_end,
         }
         try:
-            self._parser = MultipartParser(boundary, callbacks)
+            self._parser = MultipartParser(
+                boundary, callbacks, max_header_size=PART_HEADER_MAX_BYTES, max_header_count=PART_HEADERS_MAX
+            )
         except (MultipartParseError, ValueError) as error:
             raise ApiError(422, "invalid_multipart", f"bad multipart boundary: {error}") from None
 
@@ -226,13 +236,13 @@ class _MultipartReceiver:
         try:
             self._parser.write(chunk)
         except MultipartParseError as error:
-            raise ApiError(422, "invalid_multipart", f"malformed multipart body: {error}") from None
+            raise _multipart_error(error) from None
 
     def finish(self) -> None:
         try:
             self._parser.finalize()
         except MultipartParseError as error:
-            raise ApiError(422, "invalid_multipart", f"malformed multipart body: {error}") from None
+            raise _multipart_error(error) from None
         if self.spool is None:
             raise ApiError(422, "missing_file", f"the multipart body has no field {UPLOAD_FIELD!r} with the clip")
         if not self._done:
@@ -277,3 +287,14 @@ class _MultipartReceiver:
 
     def _on_end(self) -> None:
         pass
+
+
+def _multipart_error(error: MultipartParseError) -> ApiError:
+    """python-multipart's bounds (PART_HEADER_MAX_BYTES, PART_HEADERS_MAX) are 431s: the body is
+    well-formed, a part's headers are just too large; anything else is a malformed body."""
+    text = str(error)
+    if text.startswith("Maximum header size"):
+        return ApiError(431, "part_header_too_large", f"a multipart part header is longer than {PART_HEADER_MAX_BYTES} bytes")
+    if text.startswith("Maximum header count"):
+        return ApiError(431, "part_header_too_large", f"a multipart part has more than {PART_HEADERS_MAX} headers")
+    return ApiError(422, "invalid_multipart", f"malformed multipart body: {text}")

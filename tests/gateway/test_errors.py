@@ -149,9 +149,28 @@ def test_api_keys(keyed_gateway, clips):
             ok = client.post("/classify", headers={"X-API-Key": "key-two"}, files={"file": ("av.mp4", handle)})
         assert ok.status_code == 200, ok.text
         assert client.get("/v1/models", headers={"Authorization": "Bearer key-one"}).status_code == 200
-        # Probes and scrapers need no key.
-        for path in ("/healthz", "/readyz", "/metrics"):
+        # Probes need no key.
+        for path in ("/healthz", "/readyz"):
             assert client.get(path).status_code == 200
+
+
+def test_with_api_keys_metrics_and_docs_need_one_too(keyed_gateway):
+    """Without a metrics port, /metrics and the OpenAPI docs take the same keys as the API; a
+    browser gets a Basic challenge for the docs and sends the key as the password."""
+    with keyed_gateway.client() as client:
+        for path in ("/metrics", "/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"):
+            refused = assert_error(client.get(path), 401, "missing_api_key")
+            assert refused["error"]["message"]
+            assert_error(client.get(path, headers={"X-API-Key": "key-three"}), 403, "invalid_api_key")
+            assert_error(client.get(path, auth=("anyone", "key-three")), 403, "invalid_api_key")
+        assert client.get("/metrics").headers["www-authenticate"] == "Bearer"
+        assert client.get("/docs").headers["www-authenticate"].startswith('Basic realm="avserve"')
+        metrics = client.get("/metrics", headers={"Authorization": "Bearer key-two"})
+        assert metrics.status_code == 200 and "avserve_requests_total" in metrics.text
+        assert client.get("/metrics", headers={"X-API-Key": "key-one"}).status_code == 200
+        assert client.get("/docs", auth=("", "key-one")).status_code == 200
+        assert client.get("/openapi.json", auth=("me", "key-two")).json()["info"]["title"] == "avserve"
+        assert_error(client.get("/docs", headers={"Authorization": "Basic !!!"}), 401, "missing_api_key")
 
 
 # ---- time and load ------------------------------------------------------------------------

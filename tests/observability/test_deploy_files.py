@@ -90,10 +90,16 @@ def test_the_locally_rendered_config_is_valid_and_keeps_rules_and_jobs(tmp_path)
 def test_scrape_targets_are_the_compose_services_and_their_ports():
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
-    assert targets["avserve-gateway"] == ["gateway:8080"] and targets["triton"] == ["triton:8002"]
+    assert targets["avserve-gateway"] == ["gateway:8081"] and targets["triton"] == ["triton:8002"]
     services = compose()["services"]
     assert "8080" in " ".join(services["gateway"]["command"])
     assert any(port.endswith(":8002:8002") for port in services["triton"]["ports"])
+    # The gateway's metrics listener: where Prometheus scrapes (credential-free, so API keys on
+    # the gateway do not stop the scrape), on the compose network only.
+    gateway = services["gateway"]
+    assert gateway["environment"]["AVSERVE_METRICS_PORT"] == "8081"
+    assert not [port for port in gateway["ports"] if port.split(":")[-1] == "8081"]
+    assert re.search(r"^EXPOSE 8080 8081$", DOCKERFILE.read_text(), flags=re.MULTILINE)
 
 
 # ---- docker compose -----------------------------------------------------------------------------
