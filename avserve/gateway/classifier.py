@@ -19,7 +19,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from avserve.backends.base import BackendError, InferenceBackend
-from avserve.media import MediaError, MediaInfo, MediaLimits, decode_audio, decode_video, probe
+from avserve.media import (
+    DecodedAudio, DecodedVideo, MediaError, MediaInfo, MediaLimits, decode_audio, decode_video, probe,
+)
 from avserve.repository import ModelSpec, RepositoryError
 from avserve.contract import AUDIO, VIDEO, head_output
 
@@ -105,7 +107,8 @@ class Classifier:
         self.metrics.windows.observe(len(windows))
 
         stage = time.perf_counter()
-        batches = await self._decode(upload, route, windows)
+        skipped: dict[str, tuple[int, int]] = {}  # damaged packets the decodes skipped, per modality
+        batches = await self._decode(upload, route, windows, skipped)
         timings["decode"] = time.perf_counter() - stage
 
         stage = time.perf_counter()
@@ -135,9 +138,10 @@ class Classifier:
             predictions=_top(answer, labels, top_k),
             heads={head: _top(scores, labels, top_k) for head, scores in heads.items()} or None,
             windows=[ScoredWindow(start=w.start, duration=_window_length(w, info)) for w in windows],
-            media=_summary(info),
+            media=_summary(info, skipped),
             timings_ms=Timings(**{name: round(seconds * 1000, 3) for name, seconds in timings.items()}),
         )
+        _count_skipped(self.metrics, response.media)
         return Outcome(response, route)
 
     # ---- stages ----------------------------------------------------------------------------
@@ -151,14 +155,16 @@ class Classifier:
             self.metrics.decode_errors.labels(error.code.value).inc()
             raise media_error(error) from None
 
-    async def _decode(self, upload: Upload, route: Route, windows: list[Window]) -> list[dict[str, np.ndarray]]:
+    async def _decode(
+        self, upload: Upload, route: Route, windows: list[Window], skipped: dict[str, tuple[int, int]]
+    ) -> list[dict[str, np.ndarray]]:
         spec = route.spec
         jobs: list[Awaitable[np.ndarray]] = []
         for window in windows:
             if AUDIO in route.used:
-                jobs.append(self._decode_audio(upload, spec, window))
+                jobs.append(self._decode_audio(upload, spec, window, skipped))
             if VIDEO in route.used:
-                jobs.append(self._decode_video(upload, spec, window))
+                jobs.append(self._decode_video(upload, spec, window, skipped))
         decoded = iter(await _all(jobs))
         batches = []
         for _ in windows:
@@ -168,12 +174,15 @@ class Classifier:
             batches.append(inputs)
         return batches
 
-    async def _decode_audio(self, upload: Upload, spec: ModelSpec, window: Window) -> np.ndarray:
+    async def _decode_audio(
+        self, upload: Upload, spec: ModelSpec, window: Window, skipped: dict[str, tuple[int, int]]
+    ) -> np.ndarray:
         assert spec.sample_rate is not None  # the repository requires it of audio models
         audio = await self._media(
             decode_audio, upload.path, sample_rate=spec.sample_rate, start=window.start,
             duration=window.duration, limits=self.limits,
         )  # fmt: skip
+        _tally_skipped(skipped, AUDIO, audio)
         samples = audio.samples
         wanted = spec.clip_samples
         if wanted is not None and len(samples) != wanted:
@@ -182,12 +191,15 @@ class Classifier:
             samples = np.concatenate([samples, np.zeros(max(0, wanted - len(samples)), np.float32)])[:wanted]
         return samples[np.newaxis].astype(np.float32, copy=False)
 
-    async def _decode_video(self, upload: Upload, spec: ModelSpec, window: Window) -> np.ndarray:
+    async def _decode_video(
+        self, upload: Upload, spec: ModelSpec, window: Window, skipped: dict[str, tuple[int, int]]
+    ) -> np.ndarray:
         frames, height, width, _ = _checked(spec.input_shape, VIDEO)
         video = await self._media(
             decode_video, upload.path, num_frames=frames, size=(height, width), start=window.start,
             duration=window.duration, limits=self.limits,
         )  # fmt: skip
+        _tally_skipped(skipped, VIDEO, video)
         return video.frames[np.newaxis]
 
     async def _infer(self, spec: ModelSpec, inputs: dict[str, np.ndarray], deadline: float) -> dict[str, np.ndarray]:
@@ -268,17 +280,36 @@ def _top(scores: np.ndarray, labels: tuple[str, ...], k: int) -> list[Prediction
     return [Prediction(label=labels[i], score=float(scores[i])) for i in order]
 
 
-def _summary(info: MediaInfo) -> MediaSummary:
+def _tally_skipped(skipped: dict[str, tuple[int, int]], modality: str, decoded: DecodedAudio | DecodedVideo) -> None:
+    packets, size = skipped.get(modality, (0, 0))
+    skipped[modality] = (packets + decoded.skipped_packets, size + decoded.skipped_bytes)
+
+
+def _summary(info: MediaInfo, skipped: dict[str, tuple[int, int]]) -> MediaSummary:
+    """What the probe found; skipped packets as the decodes counted them (the probe's for a stream not decoded)."""
     audio = video = None
     if info.audio is not None:
-        audio = AudioSummary(codec=info.audio.codec, sample_rate=info.audio.sample_rate, channels=info.audio.channels)
+        packets, size = skipped.get(AUDIO, (info.audio.skipped_packets, info.audio.skipped_bytes))
+        audio = AudioSummary(
+            codec=info.audio.codec, sample_rate=info.audio.sample_rate, channels=info.audio.channels,
+            skipped_packets=packets, skipped_bytes=size,
+        )  # fmt: skip
     if info.video is not None:
+        packets, size = skipped.get(VIDEO, (info.video.skipped_packets, info.video.skipped_bytes))
         video = VideoSummary(
-            codec=info.video.codec, width=info.video.display_width, height=info.video.display_height, fps=info.video.fps
-        )
+            codec=info.video.codec, width=info.video.display_width, height=info.video.display_height, fps=info.video.fps,
+            skipped_packets=packets, skipped_bytes=size,
+        )  # fmt: skip
     return MediaSummary(
         container=info.container, duration=info.duration, size_bytes=info.size_bytes, audio=audio, video=video
     )
+
+
+def _count_skipped(metrics: GatewayMetrics, media: MediaSummary) -> None:
+    for modality, stream in ((AUDIO, media.audio), (VIDEO, media.video)):
+        if stream is not None and stream.skipped_packets:
+            metrics.skipped_packets.labels(modality).inc(stream.skipped_packets)
+            metrics.skipped_bytes.labels(modality).inc(stream.skipped_bytes)
 
 
 async def _all(awaitables: Iterable[Awaitable[T]]) -> list[T]:

@@ -52,6 +52,18 @@ class GatewayMetrics:
             "avserve_decode_errors", "Uploads refused by probing or decoding, by media error code.", ["code"],
             registry=self.registry,
         )
+        # stream: audio or video. What /classify answers reported in `media.<stream>.skipped_packets`.
+        self.skipped_packets = Counter(
+            "avserve_skipped_packets", "Damaged packets skipped while decoding answered requests, by stream.",
+            ["stream"], registry=self.registry,
+        )  # fmt: skip
+        self.skipped_bytes = Counter(
+            "avserve_skipped_packet_bytes", "Bytes of the damaged packets skipped, by stream.", ["stream"],
+            registry=self.registry,
+        )
+        for stream in ("audio", "video"):  # exported at 0 from the start
+            self.skipped_packets.labels(stream)
+            self.skipped_bytes.labels(stream)
         self.windows = Histogram(
             "avserve_windows_per_request", "Model-length windows scored per classify request.",
             buckets=(1, 2, 4, 8, 16, 32), registry=self.registry,

@@ -49,10 +49,20 @@ class Timings(BaseModel):
     total: float
 
 
+_SKIPPED_PACKETS = (
+    "Damaged packets of this stream that did not decode and were skipped, as FFmpeg's tools skip them "
+    "(at most `AVSERVE_MAX_BAD_PACKETS` per decoded window, else the request fails with "
+    "`too_many_bad_packets`): counted while decoding the scored windows, or, for a stream the route "
+    "does not use, while probing. 0 for an undamaged stream."
+)
+
+
 class AudioSummary(BaseModel):
     codec: str
     sample_rate: int
     channels: int
+    skipped_packets: int = Field(0, description=_SKIPPED_PACKETS)
+    skipped_bytes: int = Field(0, description="Size of the skipped packets.")
 
 
 class VideoSummary(BaseModel):
@@ -60,6 +70,8 @@ class VideoSummary(BaseModel):
     width: int
     height: int
     fps: float | None
+    skipped_packets: int = Field(0, description=_SKIPPED_PACKETS)
+    skipped_bytes: int = Field(0, description="Size of the skipped packets.")
 
 
 class MediaSummary(BaseModel):

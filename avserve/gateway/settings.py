@@ -63,6 +63,10 @@ class GatewaySettings(BaseSettings):
     max_frame_pixels: int = Field(4096 * 2304, ge=1)
     max_duration_seconds: float = Field(6 * 3600.0, gt=0)
     max_decode_seconds: float = Field(60.0, gt=0)
+    max_bad_packets: int = Field(
+        16, ge=0, description="Damaged packets skipped per stream and decoded window before 422 too_many_bad_packets."
+    )
+    max_bad_packet_bytes: int = Field(1024 * 1024, ge=0, description="Their bytes, likewise.")
 
     # ---- access -----------------------------------------------------------------------------
     # Comma-separated (or a JSON list). Empty: no authentication. With keys, /metrics and the
@@ -121,6 +125,8 @@ class GatewaySettings(BaseSettings):
             max_frame_pixels=self.max_frame_pixels,
             max_duration_seconds=self.max_duration_seconds,
             max_decode_seconds=self.max_decode_seconds,
+            max_bad_packets=self.max_bad_packets,
+            max_bad_packet_bytes=self.max_bad_packet_bytes,
         )
 
 
