@@ -34,7 +34,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = GatewaySettings(
         repository=args.repository, backend=args.backend, triton_url=args.triton_url, log_level="WARNING",
         batch_max_size=args.batch_max_size, batch_max_delay_ms=args.batch_max_delay_ms, backend_max_queue=512,
-        max_in_flight_requests=512,
+        # Throughput curves, not the shedding policy: closed-loop clients at concurrency 16 would
+        # otherwise be shed (429) and retry at once (tests/gateway/test_overload.py measures that).
+        max_in_flight_requests=512, media_queue_factor=1e6,
     )  # fmt: skip
     if args.no_micro_batching:
         original = GatewaySettings.embedded_settings

@@ -22,6 +22,8 @@ class Sample:
     latency: float  # seconds, client side (open loop: from the scheduled arrival)
     ok: bool
     timings: dict | None = None  # the server's timings_ms
+    status: int | None = None  # HTTP status (None: no response, e.g. a transport error or timeout)
+    retry_after: str | None = None  # the Retry-After header of a refusal
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Load generators and the two ways of driving them.
 
-Targets (each has `name`, `async send(clip) -> (ok, timings_ms | None)` and `async close()`):
+Targets (each has `name`, `async send(clip) -> Reply` and `async close()`):
   HttpTarget           POST /classify to a gateway (or the eager baseline) with httpx
   TritonDirectTarget   tritonclient gRPC straight to Triton with pre-decoded tensors (decode_tensors)
 
@@ -14,11 +14,23 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
 from loadtests.clips import Clip
 from loadtests.stats import RunResult, Sample
+
+
+@dataclass(frozen=True)
+class Reply:
+    ok: bool
+    timings: dict | None = None  # the server's timings_ms
+    status: int | None = None  # HTTP status; None when there was no response
+    retry_after: str | None = None
+
+    def sample(self, route: str, latency: float) -> Sample:
+        return Sample(route, latency, self.ok, self.timings, self.status, self.retry_after)
 
 
 class HttpTarget:
@@ -30,14 +42,14 @@ class HttpTarget:
         self.bodies = {c.name: c.path.read_bytes() for c in clips}
         self.client = httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=256))
 
-    async def send(self, clip: Clip) -> tuple[bool, dict | None]:
+    async def send(self, clip: Clip) -> Reply:
         try:
             response = await self.client.post("/classify", files={"file": (clip.path.name, self.bodies[clip.name])})
         except Exception:  # noqa: BLE001 - a transport error is an error sample
-            return False, None
+            return Reply(False)
         if response.status_code != 200:
-            return False, None
-        return True, response.json().get("timings_ms")
+            return Reply(False, status=response.status_code, retry_after=response.headers.get("retry-after"))
+        return Reply(True, response.json().get("timings_ms"), 200)
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -56,7 +68,7 @@ class TritonDirectTarget:
             ("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)])
         self.tensors = tensors
 
-    async def send(self, clip: Clip) -> tuple[bool, dict | None]:
+    async def send(self, clip: Clip) -> Reply:
         inputs = []
         for name, array in self.tensors[clip.name].items():
             tensor = self.grpc.InferInput(name, list(array.shape), "FP32" if array.dtype == np.float32 else "UINT8")
@@ -67,9 +79,9 @@ class TritonDirectTarget:
             await self.client.infer(f"{self.family}_{clip.route}", inputs,
                                     outputs=[self.grpc.InferRequestedOutput("logits")], client_timeout=30)
         except Exception:  # noqa: BLE001
-            return False, None
+            return Reply(False)
         ms = (time.perf_counter() - began) * 1000
-        return True, {"upload": 0.0, "probe": 0.0, "decode": 0.0, "inference": ms, "total": ms}
+        return Reply(True, {"upload": 0.0, "probe": 0.0, "decode": 0.0, "inference": ms, "total": ms}, 200)
 
     async def close(self) -> None:
         await self.client.close()
@@ -113,10 +125,10 @@ async def closed_loop(target, clips: list[Clip], concurrency: int, seconds: floa
                 return
             clip = choose()
             start = time.perf_counter()
-            ok, timings = await target.send(clip)
+            reply = await target.send(clip)
             end = time.perf_counter()
             if end <= stop:  # count only what completed inside the window
-                result.samples.append(Sample(clip.route, end - start, ok, timings))
+                result.samples.append(reply.sample(clip.route, end - start))
 
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
     result.seconds = time.perf_counter() - began
@@ -134,10 +146,10 @@ async def fixed_rate(target, clips: list[Clip], rate: float, seconds: float, see
 
     async def one(clip: Clip, scheduled: float) -> None:
         try:
-            ok, timings = await asyncio.wait_for(target.send(clip), timeout)
+            reply = await asyncio.wait_for(target.send(clip), timeout)
         except asyncio.TimeoutError:
-            ok, timings = False, None
-        result.samples.append(Sample(clip.route, time.perf_counter() - scheduled, ok, timings))
+            reply = Reply(False)
+        result.samples.append(reply.sample(clip.route, time.perf_counter() - scheduled))
 
     arrival = began
     for _ in range(int(rate * seconds * 3) + 10):

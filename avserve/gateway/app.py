@@ -12,20 +12,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
 
 from avserve.backends import BackendUnavailable, InferenceBackend, create_backend
+from avserve.media.workers import MediaWorkers
 
+from .admission import MediaAdmission
 from .auth import OperatorAccessMiddleware
 from .classifier import Classifier
 from .errors import install_error_handlers
 from .metrics import GatewayMetrics
 from .observability import RequestContextMiddleware
 from .routers import classify, health, metrics, models
-from .settings import GatewaySettings, get_settings
+from .settings import MiB, GatewaySettings, get_settings
 
 log = logging.getLogger("avserve.gateway")
 # How often a gateway whose backend could not start (Triton down) tries again.
@@ -49,12 +50,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     backend = build_backend(settings)
     gateway_metrics = GatewayMetrics()
     gateway_metrics.watch_backend(backend)
-    media_pool = ThreadPoolExecutor(max_workers=settings.decode_threads, thread_name_prefix="avserve-media")
+    media_workers = MediaWorkers(
+        settings.decode_workers, memory_bytes=settings.decode_memory_mb * MiB, cpu_seconds=settings.decode_cpu_seconds
+    )
+    media_workers.start()
+    await media_workers.warm_up()
+    admission = MediaAdmission(
+        settings.decode_workers, queue_factor=settings.media_queue_factor, latency_target=settings.latency_target_seconds
+    )
+    gateway_metrics.watch_media(media_workers, admission)
     app.state.backend = backend
     app.state.metrics = gateway_metrics
     app.state.in_flight = 0
+    app.state.admission = admission
     app.state.classifier = Classifier(
-        backend, media_pool, gateway_metrics, settings.media_limits,
+        backend, media_workers, gateway_metrics, settings.media_limits,
         max_windows=settings.max_windows, retry_after_seconds=settings.retry_after_seconds,
     )  # fmt: skip
     retry: asyncio.Task[None] | None = None
@@ -73,7 +83,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with suppress(asyncio.CancelledError):
                 await retry
         await backend.close()
-        media_pool.shutdown(wait=False, cancel_futures=True)
+        media_workers.close()
 
 
 async def _start_when_available(backend: InferenceBackend) -> None:

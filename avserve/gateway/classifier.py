@@ -1,19 +1,20 @@
 """One classify request after the upload: probe, route, decode, infer, post-process.
 
-PyAV work runs in a small dedicated thread pool (FFmpeg releases the GIL while decoding),
-so the event loop keeps accepting uploads and answering health checks while clips decode;
-the pool's size bounds how many decodes run at once, and further ones queue for a thread.
+PyAV work runs in supervised worker processes (avserve.media.workers): a decoder crash, or a
+file that needs more memory or CPU time than a worker may use, fails its own request with a
+4xx and never the gateway; the event loop keeps accepting uploads and answering health checks.
+The pool's size bounds how many probes and decodes run at once; admission control in front of
+it (avserve.gateway.admission) keeps the queue short, and each request reports its worker time
+to it through its ticket.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -22,9 +23,11 @@ from avserve.backends.base import BackendError, InferenceBackend
 from avserve.media import (
     DecodedAudio, DecodedVideo, MediaError, MediaInfo, MediaLimits, decode_audio, decode_video, probe,
 )
+from avserve.media.workers import MediaWorkers, MediaWorkersUnavailable
 from avserve.repository import ModelSpec, RepositoryError
 from avserve.contract import AUDIO, VIDEO, head_output
 
+from .admission import Ticket
 from .errors import ApiError, backend_error, media_error
 from .metrics import GatewayMetrics
 from .routing import ModalityChoice, Route, choose_route
@@ -69,11 +72,21 @@ class Outcome:
     route: Route
 
 
+@dataclass
+class _MediaWork:
+    """One request's calls into the media workers: its deadline and the worker time used."""
+
+    deadline: float  # absolute time.monotonic()
+    seconds: float = 0.0
+    # Damaged packets the decodes skipped, per decoded modality: (packets, bytes).
+    skipped: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+
 class Classifier:
     def __init__(
         self,
         backend: InferenceBackend,
-        pool: ThreadPoolExecutor,
+        workers: MediaWorkers,
         metrics: GatewayMetrics,
         limits: MediaLimits,
         *,
@@ -81,7 +94,7 @@ class Classifier:
         retry_after_seconds: int,
     ) -> None:
         self.backend = backend
-        self.pool = pool
+        self.workers = workers
         self.metrics = metrics
         self.limits = limits
         self.max_windows = max_windows
@@ -89,13 +102,15 @@ class Classifier:
 
     async def classify(
         self, upload: Upload, params: ClassifyParams, *, deadline: float, began: float, request_id: str,
-        on_route: Callable[[Route], None] | None = None,
+        on_route: Callable[[Route], None] | None = None, ticket: Ticket | None = None,
     ) -> Outcome:
-        """`deadline` is absolute `time.monotonic()`; `began` is the request's `perf_counter()` start."""
+        """`deadline` is absolute `time.monotonic()`; `began` is the request's `perf_counter()` start;
+        `ticket` (admission control) learns the worker time the media stage took."""
         timings = {"upload": upload.seconds}
+        work = _MediaWork(deadline)
 
         stage = time.perf_counter()
-        info = await self._media(probe, upload.path, self.limits)
+        info = await self._media(work, probe, upload.path, self.limits)
         timings["probe"] = time.perf_counter() - stage
 
         present = frozenset(m for m, has in ((AUDIO, info.has_audio), (VIDEO, info.has_video)) if has)
@@ -107,9 +122,10 @@ class Classifier:
         self.metrics.windows.observe(len(windows))
 
         stage = time.perf_counter()
-        skipped: dict[str, tuple[int, int]] = {}  # damaged packets the decodes skipped, per modality
-        batches = await self._decode(upload, route, windows, skipped)
+        batches = await self._decode(work, upload, route, windows)
         timings["decode"] = time.perf_counter() - stage
+        if ticket is not None:
+            ticket.media_done(work.seconds)
 
         stage = time.perf_counter()
         outputs = await _all(self._infer(spec, inputs, deadline) for inputs in batches)
@@ -138,7 +154,7 @@ class Classifier:
             predictions=_top(answer, labels, top_k),
             heads={head: _top(scores, labels, top_k) for head, scores in heads.items()} or None,
             windows=[ScoredWindow(start=w.start, duration=_window_length(w, info)) for w in windows],
-            media=_summary(info, skipped),
+            media=_summary(info, work.skipped),
             timings_ms=Timings(**{name: round(seconds * 1000, 3) for name, seconds in timings.items()}),
         )
         _count_skipped(self.metrics, response.media)
@@ -146,25 +162,27 @@ class Classifier:
 
     # ---- stages ----------------------------------------------------------------------------
 
-    async def _media(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a PyAV call in the media pool; its MediaError becomes the client's error."""
-        loop = asyncio.get_running_loop()
+    async def _media(self, work: _MediaWork, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a PyAV call in a media worker, bounded by the request's deadline; its MediaError
+        (the file's fault, including a crashed or over-limit worker) becomes the client's error."""
         try:
-            return await loop.run_in_executor(self.pool, functools.partial(function, *args, **kwargs))
+            result = await self.workers.run(function, *args, timeout=work.deadline - time.monotonic(), **kwargs)
         except MediaError as error:
             self.metrics.decode_errors.labels(error.code.value).inc()
             raise media_error(error) from None
+        except MediaWorkersUnavailable as error:
+            raise ApiError(503, "media_workers_unavailable", str(error), {"Retry-After": str(self.retry_after_seconds)}) from None
+        work.seconds += result.seconds
+        return result.value
 
-    async def _decode(
-        self, upload: Upload, route: Route, windows: list[Window], skipped: dict[str, tuple[int, int]]
-    ) -> list[dict[str, np.ndarray]]:
+    async def _decode(self, work: _MediaWork, upload: Upload, route: Route, windows: list[Window]) -> list[dict[str, np.ndarray]]:
         spec = route.spec
         jobs: list[Awaitable[np.ndarray]] = []
         for window in windows:
             if AUDIO in route.used:
-                jobs.append(self._decode_audio(upload, spec, window, skipped))
+                jobs.append(self._decode_audio(work, upload, spec, window))
             if VIDEO in route.used:
-                jobs.append(self._decode_video(upload, spec, window, skipped))
+                jobs.append(self._decode_video(work, upload, spec, window))
         decoded = iter(await _all(jobs))
         batches = []
         for _ in windows:
@@ -174,15 +192,13 @@ class Classifier:
             batches.append(inputs)
         return batches
 
-    async def _decode_audio(
-        self, upload: Upload, spec: ModelSpec, window: Window, skipped: dict[str, tuple[int, int]]
-    ) -> np.ndarray:
+    async def _decode_audio(self, work: _MediaWork, upload: Upload, spec: ModelSpec, window: Window) -> np.ndarray:
         assert spec.sample_rate is not None  # the repository requires it of audio models
         audio = await self._media(
-            decode_audio, upload.path, sample_rate=spec.sample_rate, start=window.start,
+            work, decode_audio, upload.path, sample_rate=spec.sample_rate, start=window.start,
             duration=window.duration, limits=self.limits,
         )  # fmt: skip
-        _tally_skipped(skipped, AUDIO, audio)
+        _tally_skipped(work, AUDIO, audio)
         samples = audio.samples
         wanted = spec.clip_samples
         if wanted is not None and len(samples) != wanted:
@@ -191,15 +207,13 @@ class Classifier:
             samples = np.concatenate([samples, np.zeros(max(0, wanted - len(samples)), np.float32)])[:wanted]
         return samples[np.newaxis].astype(np.float32, copy=False)
 
-    async def _decode_video(
-        self, upload: Upload, spec: ModelSpec, window: Window, skipped: dict[str, tuple[int, int]]
-    ) -> np.ndarray:
+    async def _decode_video(self, work: _MediaWork, upload: Upload, spec: ModelSpec, window: Window) -> np.ndarray:
         frames, height, width, _ = _checked(spec.input_shape, VIDEO)
         video = await self._media(
-            decode_video, upload.path, num_frames=frames, size=(height, width), start=window.start,
+            work, decode_video, upload.path, num_frames=frames, size=(height, width), start=window.start,
             duration=window.duration, limits=self.limits,
         )  # fmt: skip
-        _tally_skipped(skipped, VIDEO, video)
+        _tally_skipped(work, VIDEO, video)
         return video.frames[np.newaxis]
 
     async def _infer(self, spec: ModelSpec, inputs: dict[str, np.ndarray], deadline: float) -> dict[str, np.ndarray]:
@@ -280,9 +294,9 @@ def _top(scores: np.ndarray, labels: tuple[str, ...], k: int) -> list[Prediction
     return [Prediction(label=labels[i], score=float(scores[i])) for i in order]
 
 
-def _tally_skipped(skipped: dict[str, tuple[int, int]], modality: str, decoded: DecodedAudio | DecodedVideo) -> None:
-    packets, size = skipped.get(modality, (0, 0))
-    skipped[modality] = (packets + decoded.skipped_packets, size + decoded.skipped_bytes)
+def _tally_skipped(work: _MediaWork, modality: str, decoded: DecodedAudio | DecodedVideo) -> None:
+    packets, size = work.skipped.get(modality, (0, 0))
+    work.skipped[modality] = (packets + decoded.skipped_packets, size + decoded.skipped_bytes)
 
 
 def _summary(info: MediaInfo, skipped: dict[str, tuple[int, int]]) -> MediaSummary:

@@ -73,11 +73,46 @@ class GatewayMetrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
 
+    def watch_media(self, workers: Any, admission: Any) -> None:
+        """Export the media workers' failures and the admission queue at every scrape."""
+        self.registry.register(_MediaCollector(workers, admission))
+
     def watch_backend(self, backend: Any) -> None:
         """Export the backend's own counters (when it keeps any) at every scrape."""
         stats = getattr(backend, "stats", None)
         if callable(stats):
             self.registry.register(_BackendCollector(stats, getattr(backend, "name", "unknown")))
+
+
+class _MediaCollector(Collector):
+    def __init__(self, workers: Any, admission: Any) -> None:
+        self._workers = workers
+        self._admission = admission
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        calls = CounterMetricFamily("avserve_media_calls", "Probe and decode calls sent to the media workers.")
+        calls.add_metric([], self._workers.stats.calls)
+        failures = CounterMetricFamily(
+            "avserve_media_failures",
+            "Media worker calls lost to a limit or a dead worker: crashed, cpu_limit, memory_limit, timeout, cancelled.",
+            labels=["reason"],
+        )
+        for reason in ("crashed", "cpu_limit", "memory_limit", "timeout", "cancelled"):
+            failures.add_metric([reason], self._workers.stats.failures.get(reason, 0))
+        pending = GaugeMetricFamily(
+            "avserve_media_pending_requests", "Admitted requests whose probe and decodes are not done yet."
+        )
+        pending.add_metric([], self._admission.pending)
+        service = GaugeMetricFamily(
+            "avserve_media_service_seconds", "Moving average of the worker time one request's media work takes."
+        )
+        service.add_metric([], self._admission.service)
+        wait = GaugeMetricFamily("avserve_media_predicted_wait_seconds", "Predicted wait for a media worker now.")
+        wait.add_metric([], self._admission.predicted_wait())
+        yield from (calls, failures, pending, service, wait)
 
 
 class _BackendCollector(Collector):

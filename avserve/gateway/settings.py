@@ -44,7 +44,19 @@ class GatewaySettings(BaseSettings):
         256, ge=1, description="Classify requests in progress before new ones are shed with 429."
     )
     retry_after_seconds: int = Field(1, ge=1, description="Retry-After sent with 429 and 503.")
-    decode_threads: int = Field(2, ge=1, description="Threads that probe and decode (PyAV releases the GIL).")
+    # Probing and decoding run in supervised worker processes (avserve.media.workers).
+    decode_workers: int = Field(2, ge=1, description="Worker processes that probe and decode (one per core).")
+    decode_memory_mb: int = Field(
+        1536, ge=256, description="Address space a decoding worker may use (MiB; an idle worker maps about 230)."
+    )
+    decode_cpu_seconds: float = Field(60.0, gt=0, description="CPU time one probe or decode may take before it is stopped.")
+    # Admission control (avserve.gateway.admission): refuse at once what would wait too long.
+    media_queue_factor: float = Field(
+        2.0, gt=0, description="Queue at most this many requests' worth of decoding per worker before shedding (429)."
+    )
+    latency_target_seconds: float | None = Field(
+        None, gt=0, description="Shed (429) a request whose predicted wait + decode exceeds this; default: no target."
+    )
     backend_ready_timeout_seconds: float = Field(2.0, gt=0, description="How long /readyz waits for the backend.")
 
     # ---- backends (avserve.backends.EmbeddedSettings / TritonSettings) ---------------------

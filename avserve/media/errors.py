@@ -27,6 +27,11 @@ class ErrorCode(StrEnum):
     # More packets of a stream failed to decode than MediaLimits.max_bad_packets (or their
     # bytes exceed max_bad_packet_bytes); fewer are skipped and reported, like FFmpeg does.
     TOO_MANY_BAD_PACKETS = "too_many_bad_packets"
+    # The decoding process died on this file (a decoder crash), or it took more memory or CPU
+    # time than a worker is allowed (avserve.media.workers): the file, not the server, is blamed.
+    DECODER_CRASHED = "decoder_crashed"
+    DECODE_MEMORY_LIMIT = "decode_memory_limit"
+    DECODE_CPU_LIMIT = "decode_cpu_limit"
 
 
 class MediaError(Exception):
@@ -36,6 +41,10 @@ class MediaError(Exception):
         super().__init__(f"{code.value}: {message}")
         self.code = ErrorCode(code)
         self.message = message
+
+    def __reduce__(self):
+        # Raised in a decoding worker process and re-raised in the gateway: pickle by fields.
+        return (type(self), (self.code, self.message))
 
     def to_dict(self) -> dict[str, str]:
         return {"code": self.code.value, "message": self.message}

@@ -69,6 +69,9 @@ def gateway_factory(tmp_path_factory) -> Iterator:
 
     def start(**overrides) -> Gateway:
         upload_dir = tmp_path_factory.mktemp("uploads")
+        # Tests fire bursts of concurrent requests to check other things: no shedding by queue
+        # length unless a test asks (tests/gateway/test_overload.py tests admission control).
+        overrides.setdefault("media_queue_factor", 1e6)
         settings = GatewaySettings(upload_dir=upload_dir, log_format="text", **overrides)
         gateway, thread = start_gateway(settings)
         running.append((gateway, thread))

@@ -29,7 +29,7 @@ def gateway_url(zorro_repository, tmp_path_factory) -> Iterator[str]:
     repository, _ = zorro_repository
     port = free_ports(1)[0]
     settings = GatewaySettings(repository=repository, upload_dir=tmp_path_factory.mktemp("uploads"), log_format="text",
-                               log_level="WARNING")
+                               log_level="WARNING", media_queue_factor=1e6)  # load tests: measure, never shed
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from ..admission import Refusal
 from ..auth import require_api_key
 from ..classifier import Classifier, ClassifyParams
 from ..dependencies import get_backend, get_classifier, get_metrics
@@ -98,11 +99,16 @@ async def classify(
             429, "overloaded", f"more than {settings.max_in_flight_requests} requests in progress; retry later",
             {"Retry-After": str(settings.retry_after_seconds)},
         )  # fmt: skip
+    seconds = min(timeout or settings.request_timeout_seconds, settings.request_timeout_seconds)
+    # Refuse now, before the upload is read, what the media workers could not start in time.
+    ticket = state.admission.admit(remaining=seconds - (time.monotonic() - arrival))
+    if isinstance(ticket, Refusal):
+        record(429, ticket.code)
+        raise ApiError(429, ticket.code, ticket.message, {"Retry-After": str(ticket.retry_after)})
 
     def on_route(route: Route) -> None:
         labels.update(model=route.spec.name, route=route.label)
 
-    seconds = min(timeout or settings.request_timeout_seconds, settings.request_timeout_seconds)
     params = ClassifyParams(
         family=family, modality=modality, top_k=top_k or settings.default_top_k, start=start, duration=duration
     )
@@ -119,7 +125,7 @@ async def classify(
                     log_fields["upload_bytes"] = upload.size
                     outcome = await classifier.classify(
                         upload, params, deadline=arrival + seconds, began=began,
-                        request_id=request.state.request_id, on_route=on_route,
+                        request_id=request.state.request_id, on_route=on_route, ticket=ticket,
                     )  # fmt: skip
         except TimeoutError:
             raise ApiError(504, "deadline_exceeded", f"the request took longer than its deadline of {seconds:g} s") from None
@@ -127,6 +133,7 @@ async def classify(
         record(error.status, error.code)
         raise
     finally:
+        ticket.release()  # a no-op when the media stage reported in
         state.in_flight -= 1
         metrics.in_flight.dec()
 
