@@ -18,6 +18,7 @@ import pytest
 import uvicorn
 
 from avserve.gateway import GatewaySettings, create_app
+from avserve.gateway.server import server_config
 from avserve.media.synthetic import AudioTrack, VideoTrack, write_clip
 from avserve.repository import read_model_config, write_model_config
 
@@ -50,7 +51,8 @@ class Gateway:
 def start_gateway(settings: GatewaySettings) -> tuple[Gateway, threading.Thread]:
     port = free_port()
     app = create_app(settings)
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    # The HTTP protocol `avserve serve` ships (header timeout, JSON protocol errors), not plain uvicorn's.
+    config = server_config(app, settings, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name=f"gateway-{port}", daemon=True)
     thread.start()
