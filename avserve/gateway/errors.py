@@ -93,10 +93,18 @@ def openapi_errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         404: "No such model or family (`unknown_model`).",
         413: "The upload exceeds the size limit (`file_too_large`).",
         415: "Not an audio or video file (`unsupported_media_type`, `unsupported_media`).",
-        422: "Invalid request or undecodable media (`invalid_request`, a media error code, `missing_modality`...).",
-        429: "Shed under load (`overloaded`); see Retry-After.",
+        422: (
+            "Invalid request or unusable media (`invalid_request`, a media error code such as `corrupt_media`, "
+            "`too_many_bad_packets`, or the decoding worker's limits: `decoder_crashed`, `decode_memory_limit`, "
+            "`decode_cpu_limit`)."
+        ),
+        429: (
+            "Shed under load, at once and before the upload is read: the decoders' queue is full "
+            "(`media_queue_full`), the request could not finish by its deadline (`deadline_unreachable`), or "
+            "too many requests are in progress (`overloaded`); see Retry-After."
+        ),
         502: "The model failed on this input (`inference_failed`).",
-        503: "The backend cannot serve now (`backend_unavailable`, `not_ready`).",
+        503: "The backend or the media workers cannot serve now (`backend_unavailable`, `not_ready`, `media_workers_unavailable`).",
         504: "The request's deadline passed (`deadline_exceeded`).",
     }
     return {status: {"model": ErrorResponse, "description": descriptions.get(status, "Error")} for status in statuses}

@@ -46,7 +46,7 @@ _REQUEST_BODY = {
         "Send the clip as multipart field `file`, or as the raw body with an `audio/*` or `video/*` content type. "
         "The served model is chosen from the streams that decode: audio+video, audio-only or video-only."
     ),
-    responses=openapi_errors(401, 403, 404, 413, 415, 422, 429, 502, 503, 504),
+    responses=openapi_errors(400, 401, 403, 404, 408, 413, 415, 422, 429, 431, 502, 503, 504),
     dependencies=[Depends(require_api_key)],
     openapi_extra={"requestBody": _REQUEST_BODY},
 )
