@@ -324,6 +324,9 @@ def classify(
 def monitor(
     gateway: Annotated[str, typer.Option(help="Gateway host:port to scrape (/metrics); 'none' to skip.")] = "127.0.0.1:8080",
     triton: Annotated[str, typer.Option(help="Triton metrics host:port; 'none' to skip.")] = "127.0.0.1:8002",
+    triton_supervisor: Annotated[
+        str, typer.Option(help="`avserve triton --supervisor-metrics-port` host:port (avserve_triton_*); 'none' to skip.")
+    ] = "none",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Prometheus web/API port (0: any free port).")] = 9090,
     address: Annotated[str, typer.Option(help="Address Prometheus listens on.")] = "127.0.0.1",
     data_dir: Annotated[
@@ -339,7 +342,8 @@ def monitor(
 
     It uses docker compose's scrape config, recording rules and alerts (deploy/prometheus) with the
     targets set to local addresses. Query it at http://ADDRESS:PORT; point Grafana at it and import
-    deploy/grafana/dashboards/*.json.
+    deploy/grafana/dashboards/*.json. --triton-supervisor also scrapes the restart metrics of an
+    `avserve triton` started with --supervisor-metrics-port (off by default, as that port is).
     """
     import tempfile
 
@@ -357,7 +361,7 @@ def monitor(
     try:
         config = render_prometheus_config(
             config_dir or default_config_dir(), gateway=target(gateway), triton=target(triton), prometheus=listen,
-            scrape_interval=scrape_interval,
+            triton_supervisor=target(triton_supervisor), scrape_interval=scrape_interval,
         )  # fmt: skip
     except MonitoringError as error:
         fail(str(error))
@@ -369,7 +373,7 @@ def monitor(
             typer.echo(f"Prometheus ready at {server.url} (config {config_file})")
             for job in config["scrape_configs"]:
                 for static in job.get("static_configs", []):
-                    typer.echo(f"  scraping {job['job_name']:16} {', '.join(static['targets'])}")
+                    typer.echo(f"  scraping {job['job_name']:17} {', '.join(static['targets'])}")
             typer.echo(f"  rules    {', '.join(config['rule_files'])}")
 
         _run_until_interrupted(server, name="Prometheus", announce=announce, errors={MonitoringError: 1})

@@ -1,12 +1,16 @@
 """Local monitoring without Docker: a real Prometheus scraping a running gateway and Triton.
 
     avserve monitor --gateway 127.0.0.1:8080 --triton 127.0.0.1:8002     # Prometheus on :9090
+    avserve monitor ... --triton-supervisor 127.0.0.1:8003  # + `avserve triton --supervisor-metrics-port 8003`
 
 The scrape configuration and the rules are the ones docker compose uses
 (`deploy/prometheus/`): `render_prometheus_config` copies them with the targets replaced by
 local addresses and the rule files made absolute, so what is monitored locally is exactly what
-is deployed. `LocalPrometheus` runs Debian's `prometheus` binary (installed by scripts/setup.sh)
-in its own process group and stops it with the rest of the command (tests use it too).
+is deployed. The shipped config declares the `triton-supervisor` job (the metrics of
+`avserve triton`'s supervisor) without a target, since docker compose runs NVIDIA's tritonserver
+image, which only compose's restart policy supervises: it is scraped when a target is given.
+`LocalPrometheus` runs Debian's `prometheus` binary (installed by scripts/setup.sh) in its own
+process group and stops it with the rest of the command (tests use it too).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from avserve.processes import die_with_parent, free_ports, stop_process_group
 
 GATEWAY_JOB = "avserve-gateway"
 TRITON_JOB = "triton"
+TRITON_SUPERVISOR_JOB = "triton-supervisor"  # `avserve triton --supervisor-metrics-port`
 PROMETHEUS_JOB = "prometheus"
 DEFAULT_BINARY = "prometheus"
 LOG_TAIL_LINES = 30
@@ -54,17 +59,21 @@ def render_prometheus_config(
     gateway: str | None,
     triton: str | None,
     prometheus: str | None = None,
+    triton_supervisor: str | None = None,
     scrape_interval: str | None = None,
     evaluation_interval: str | None = None,
 ) -> dict[str, Any]:
-    """The shipped configuration with local targets (host:port); a job whose target is None is dropped."""
+    """The shipped configuration with local targets (host:port); a job whose target is None is
+    dropped, one with a target that the configuration lacks is added."""
     config_dir = Path(config_dir)
     source = config_dir / "prometheus.yml"
     try:
         config = yaml.safe_load(source.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as error:
         raise MonitoringError(f"cannot read {source}: {error}") from error
-    targets = {GATEWAY_JOB: gateway, TRITON_JOB: triton, PROMETHEUS_JOB: prometheus}
+    targets = {
+        GATEWAY_JOB: gateway, TRITON_JOB: triton, TRITON_SUPERVISOR_JOB: triton_supervisor, PROMETHEUS_JOB: prometheus,
+    }  # fmt: skip
     jobs = []
     for job in config.get("scrape_configs", []):
         name = job.get("job_name")
@@ -76,6 +85,10 @@ def render_prometheus_config(
                 labels.update(static.get("labels", {}))
             job["static_configs"] = [{"targets": [targets[name]], **({"labels": labels} if labels else {})}]
         jobs.append(job)
+    present = {job.get("job_name") for job in jobs}
+    for name, target in targets.items():
+        if target is not None and name not in present:
+            jobs.append({"job_name": name, "static_configs": [{"targets": [target]}]})
     config["scrape_configs"] = jobs
     # Rule files are relative to the shipped config's directory: make them absolute for a copy elsewhere.
     config["rule_files"] = [str((config_dir / pattern).resolve()) for pattern in config.get("rule_files", [])]

@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -23,7 +24,7 @@ from .admission import MediaAdmission
 from .auth import OperatorAccessMiddleware
 from .classifier import Classifier
 from .errors import install_error_handlers
-from .metrics import GatewayMetrics
+from .metrics import LIFESPAN_STATE_KEY, GatewayMetrics
 from .observability import RequestContextMiddleware
 from .routers import classify, health, metrics, models
 from .settings import MiB, GatewaySettings, get_settings
@@ -45,7 +46,7 @@ def build_backend(settings: GatewaySettings) -> InferenceBackend:
 
 
 @asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
     settings = resolve_settings(app)
     backend = build_backend(settings)
     gateway_metrics = GatewayMetrics()
@@ -76,7 +77,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await backend.start()  # local sessions: a broken repository should stop the start-up
     log.info("gateway serving with the %s backend", backend.name)
     try:
-        yield
+        # Lifespan state: the server copies it into every request's scope and hands the dict to
+        # its HTTP protocol (uvicorn's `app_state`), which counts the requests it refuses itself.
+        yield {LIFESPAN_STATE_KEY: gateway_metrics}
     finally:
         if retry is not None:
             retry.cancel()

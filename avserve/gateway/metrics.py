@@ -3,6 +3,11 @@
 Request counts, per-stage latency, in-flight requests, upload sizes and decode errors are
 recorded by the gateway as requests run. Batch sizes and queue depths are the backend's:
 a collector reads its `stats()` snapshot at scrape time, so the two never disagree.
+
+Requests the HTTP layer refuses before the application sees them (avserve/gateway/server.py:
+malformed, oversized or too slow request heads) are counted here too: the app's lifespan hands
+its `GatewayMetrics` to the server as ASGI lifespan state under `LIFESPAN_STATE_KEY`, the dict
+uvicorn gives every connection's protocol (`app_state`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,15 @@ STAGES = ("upload", "probe", "decode", "inference", "total")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 UPLOAD_BUCKETS = tuple(float(2**p) for p in range(10, 31, 2))  # 1 KiB .. 1 GiB
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# The lifespan state key under which the app hands its GatewayMetrics to the HTTP protocol.
+LIFESPAN_STATE_KEY = "avserve.gateway_metrics"
+# What the HTTP layer answers itself (server.py), exported at 0 from the start.
+HTTP_REJECTIONS = (
+    ("400", "invalid_content_length"),
+    ("400", "invalid_http_request"),
+    ("408", "request_header_timeout"),
+    ("431", "request_headers_too_large"),
+)
 
 
 class GatewayMetrics:
@@ -64,6 +78,13 @@ class GatewayMetrics:
         for stream in ("audio", "video"):  # exported at 0 from the start
             self.skipped_packets.labels(stream)
             self.skipped_bytes.labels(stream)
+        self.http_rejections = Counter(
+            "avserve_http_rejections",
+            "Requests the HTTP layer answered with an error before the application saw them, by status and code.",
+            ["status", "code"], registry=self.registry,
+        )  # fmt: skip
+        for status, code in HTTP_REJECTIONS:
+            self.http_rejections.labels(status, code)
         self.windows = Histogram(
             "avserve_windows_per_request", "Model-length windows scored per classify request.",
             buckets=(1, 2, 4, 8, 16, 32), registry=self.registry,
@@ -72,6 +93,10 @@ class GatewayMetrics:
         # dashboards' CPU and memory panels (this registry is not the global default one).
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
+
+    def http_rejected(self, status: int, code: str) -> None:
+        """One request refused by the HTTP layer (server.GatewayHttpProtocol)."""
+        self.http_rejections.labels(str(status), code).inc()
 
     def watch_media(self, workers: Any, admission: Any) -> None:
         """Export the media workers' failures and the admission queue at every scrape."""

@@ -24,6 +24,11 @@ ASGI middleware sees a request only once its headers are complete) can supply th
    gateway's error shape: `400 invalid_content_length` or `400 invalid_http_request`, with the
    parser's reason as the message and an `x-request-id`.
 
+Every such refusal is counted in the application's metrics, `avserve_http_rejections_total{status,
+code}` on its /metrics: the app's lifespan yields its `GatewayMetrics` as ASGI lifespan state
+(`metrics.LIFESPAN_STATE_KEY`), and uvicorn hands that very dict to each connection's protocol
+as `app_state`. (Under a server or lifespan without state the refusals are only logged.)
+
 Error answers carry `connection: close`; the connection is then half-closed and drained for a
 moment (`LINGER_SECONDS`) before it is closed, so a client still sending reads the answer instead
 of a TCP reset.
@@ -49,6 +54,7 @@ import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from .metrics import LIFESPAN_STATE_KEY
 from .settings import GatewaySettings, get_settings
 
 log = logging.getLogger("avserve.gateway.http")
@@ -210,12 +216,19 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     # ---- error answers -------------------------------------------------------------------------
 
+    def _count_rejection(self, status: int, code: str) -> None:
+        """Count the refusal in the app's metrics (the lifespan state; see the module docstring)."""
+        metrics = self.app_state.get(LIFESPAN_STATE_KEY)
+        if metrics is not None:
+            metrics.http_rejected(status, code)
+
     def send_400_response(self, msg: str) -> None:  # anything in uvicorn that still calls it
         self._send_error(400, "invalid_http_request", msg)
 
     def _send_error(self, status: int, code: str, message: str) -> None:
         """Answer `status` in the gateway's error shape and close, if an answer can still be written."""
         self._rejected = True
+        self._count_rejection(status, code)
         self._disarm_head_timer()
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:

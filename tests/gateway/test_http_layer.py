@@ -23,6 +23,7 @@ import httpx
 import numpy as np
 import pytest
 from gateway_helpers import FAMILY, assert_error, free_port, wait_until_no_uploads
+from prometheus_client.parser import text_string_to_metric_families
 
 KEY = "http-layer-key"
 HEADER_TIMEOUT = 1.5
@@ -365,6 +366,43 @@ def test_metrics_are_served_on_the_metrics_port_only(served):
         assert_error(client.get("/metrics"), 404, "not_found")
         assert client.get("/docs").status_code == 200
     assert_error(httpx.get(f"{served.url}/docs", timeout=10), 401, "missing_api_key")
+
+
+def http_rejections(served: ServedGateway) -> dict[tuple[str, str], float]:
+    """avserve_http_rejections_total by (status, code), as the metrics port serves it."""
+    text = httpx.get(f"http://127.0.0.1:{served.metrics_port}/metrics", timeout=10).text
+    return {
+        (sample.labels["status"], sample.labels["code"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "avserve_http_rejections_total"
+    }
+
+
+def test_http_layer_rejections_are_counted_in_the_apps_metrics(served):
+    """The protocol answers these before the application sees them; the app's /metrics counts them
+    (the protocol reaches the app's GatewayMetrics through the ASGI lifespan state)."""
+    before = http_rejections(served)
+    assert set(before) == {
+        ("400", "invalid_content_length"), ("400", "invalid_http_request"),
+        ("408", "request_header_timeout"), ("431", "request_headers_too_large"),
+    }  # fmt: skip
+    assert_json_error(exchange(served, request("POST", "/classify", "Content-Length: abc")), 400, "invalid_content_length")
+    assert_json_error(exchange(served, b"GARBAGE\r\n\r\n"), 400, "invalid_http_request")
+    assert_json_error(exchange(served, b"GARBAGE\r\n\r\n", port=served.metrics_port), 400, "invalid_http_request")
+    assert_json_error(exchange(served, request("GET", "/healthz", "X-Big: " + "a" * MAX_HEADER_BYTES)), 431, "request_headers_too_large")
+    with socket.create_connection(("127.0.0.1", served.port)) as sock:
+        seconds, answer = close_seconds(sock, time.monotonic(), request("GET", "/healthz", "X-Slow: " + "s" * 2000))
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    with socket.create_connection(("127.0.0.1", served.port)) as sock:  # nothing sent: closed, not counted
+        close_seconds(sock, time.monotonic())
+    with served.client() as client:  # answered by the application: avserve_requests_total's business
+        assert client.get("/nope").status_code == 404
+    after = http_rejections(served)
+    assert {key: after[key] - before[key] for key in before} == {
+        ("400", "invalid_content_length"): 1, ("400", "invalid_http_request"): 2,
+        ("408", "request_header_timeout"): 1, ("431", "request_headers_too_large"): 1,
+    }  # fmt: skip
 
 
 # ---- acceptance: many slow-header connections under normal traffic ------------------------------

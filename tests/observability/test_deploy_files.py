@@ -23,14 +23,17 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import start_wsgi_server
 
 from avserve.monitoring import render_prometheus_config, write_prometheus_config
+from avserve.triton.supervisor import SupervisorMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -85,12 +88,30 @@ def test_the_locally_rendered_config_is_valid_and_keeps_rules_and_jobs(tmp_path)
     assert all(Path(pattern).is_absolute() for pattern in config["rule_files"])
     no_triton = render_prometheus_config(PROMETHEUS_DIR, gateway="127.0.0.1:1", triton=None)
     assert "triton" not in {job["job_name"] for job in no_triton["scrape_configs"]}
+    # The supervisor's job is declared without a target: dropped unless one is given.
+    assert "triton-supervisor" not in jobs
+    supervised = render_prometheus_config(
+        PROMETHEUS_DIR, gateway="127.0.0.1:1", triton="127.0.0.1:2", triton_supervisor="127.0.0.1:18003"
+    )
+    jobs = {job["job_name"]: job["static_configs"] for job in supervised["scrape_configs"]}
+    assert jobs["triton-supervisor"] == [{"targets": ["127.0.0.1:18003"], "labels": {"service": "triton-supervisor"}}]
+    result = run(PROMTOOL, "check", "config", write_prometheus_config(supervised, tmp_path / "supervised.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    # A config dir whose prometheus.yml lacks a job still gets the target it was given.
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "prometheus.yml").write_text("scrape_configs: []\n")
+    bare = render_prometheus_config(tmp_path / "bare", gateway="127.0.0.1:1", triton=None, triton_supervisor="127.0.0.1:3")
+    assert bare["scrape_configs"] == [
+        {"job_name": "avserve-gateway", "static_configs": [{"targets": ["127.0.0.1:1"]}]},
+        {"job_name": "triton-supervisor", "static_configs": [{"targets": ["127.0.0.1:3"]}]},
+    ]
 
 
 def test_scrape_targets_are_the_compose_services_and_their_ports():
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
     assert targets["avserve-gateway"] == ["gateway:8081"] and targets["triton"] == ["triton:8002"]
+    assert targets["triton-supervisor"] == []  # compose's Triton is NVIDIA's image: no supervisor to scrape
     services = compose()["services"]
     assert "8080" in " ".join(services["gateway"]["command"])
     assert any(port.endswith(":8002:8002") for port in services["triton"]["ports"])
@@ -314,6 +335,9 @@ def test_dashboard_structure(path):
         "avserve_requests_total", "avserve_stage_seconds_bucket", "avserve_requests_in_flight",
         "nv_inference_queue_duration_us", "nv_inference_compute_infer_duration_us", "nv_inference_exec_count",
         "nv_inference_count", "process_cpu_seconds_total", "process_resident_memory_bytes",
+        "avserve_media_pending_requests", "avserve_media_predicted_wait_seconds", "avserve_media_service_seconds",
+        "avserve_media_failures_total", "avserve_skipped_packets_total", "avserve_http_rejections_total",
+        "avserve_triton_restarts_total",
     ):  # fmt: skip
         assert metric in exprs, metric
     assert 'model=~"$model"' in exprs
@@ -322,11 +346,25 @@ def test_dashboard_structure(path):
 # ---- avserve monitor ------------------------------------------------------------------------------
 
 
+def api(url: str, path: str) -> dict:
+    query = urllib.parse.quote(path, safe="/?=&")
+    with urllib.request.urlopen(f"{url}/api/v1/{query}", timeout=5) as response:
+        return json.loads(response.read())["data"]
+
+
 @pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus not installed (scripts/setup.sh)")
 def test_monitor_command_runs_prometheus_with_the_shipped_rules_until_interrupted():
+    """`avserve monitor` against a gateway address where nothing listens, no Triton, and a real
+    Triton supervisor metrics endpoint (`SupervisedTriton`'s registry, served as `avserve triton
+    --supervisor-metrics-port` serves it, without a tritonserver behind it)."""
+    supervisor, _ = start_wsgi_server(0, addr="127.0.0.1", registry=SupervisorMetrics().registry)
+    supervisor_address = f"127.0.0.1:{supervisor.server_port}"
     avserve = Path(sys.executable).parent / "avserve"
     process = subprocess.Popen(
-        [str(avserve), "monitor", "--port", "0", "--gateway", "127.0.0.1:9", "--triton", "none", "--scrape-interval", "1s"],
+        [
+            str(avserve), "monitor", "--port", "0", "--gateway", "127.0.0.1:9", "--triton", "none",
+            "--triton-supervisor", supervisor_address, "--scrape-interval", "1s",
+        ],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, start_new_session=True,
     )  # fmt: skip
     try:
@@ -339,20 +377,27 @@ def test_monitor_command_runs_prometheus_with_the_shipped_rules_until_interrupte
             match = re.search(r"Prometheus ready at (http://127\.0\.0\.1:\d+)", line)
             url = match.group(1) if match else None
         assert url, "".join(output)
-        targets: list = []
-        while not targets and time.monotonic() < deadline:  # the scrape manager starts just after /-/ready
-            time.sleep(0.2)
-            with urllib.request.urlopen(f"{url}/api/v1/targets", timeout=5) as response:
-                targets = json.loads(response.read())["data"]["activeTargets"]
-        assert {t["labels"]["job"] for t in targets} == {"avserve-gateway", "prometheus"}
-        with urllib.request.urlopen(f"{url}/api/v1/rules", timeout=5) as response:
-            rules = [r["name"] for g in json.loads(response.read())["data"]["groups"] for r in g["rules"]]
+        health: dict = {}
+        while health.get("triton-supervisor") != "up" and time.monotonic() < deadline:
+            time.sleep(0.2)  # the scrape manager starts just after /-/ready; then a first scrape
+            health = {t["labels"]["job"]: t["health"] for t in api(url, "targets")["activeTargets"]}
+        assert set(health) == {"avserve-gateway", "triton-supervisor", "prometheus"}, health
+        assert health["triton-supervisor"] == "up", health
+        restarts = api(url, "query?query=avserve_triton_restarts_total")["result"]
+        assert {(r["metric"]["outcome"], r["metric"]["instance"]) for r in restarts} == {
+            ("ready", supervisor_address), ("failed", supervisor_address),
+        }  # fmt: skip
+        rules = [r["name"] for g in api(url, "rules")["groups"] for r in g["rules"]]
         assert "AvserveHighP99Latency" in rules and "avserve:request_latency_seconds:p99_5m" in rules
+        assert "TritonServerRestarted" in rules
         process.send_signal(signal.SIGINT)
         rest, _ = process.communicate(timeout=30)
         assert process.returncode == 0, "".join(output) + rest
         assert "stopped" in rest
+        assert re.search(rf"scraping triton-supervisor +{supervisor_address}\n", "".join(output) + rest), rest
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+        supervisor.shutdown()
+        supervisor.server_close()

@@ -1,12 +1,15 @@
 """Every dashboard query and every rule, evaluated by a real Prometheus that scraped the real
-gateway (Triton backend) and the real tritonserver while real clips were classified.
+gateway (Triton backend), the real tritonserver and its supervisor while real clips were classified.
 
-The stack: `LocalTriton` on the exported zorro_tiny repository, the gateway in uvicorn (a
-thread of this process) with `backend=triton`, and Debian's `prometheus` running the shipped
-deploy/prometheus config (targets rewritten to the test ports, 1 s scrape and rule intervals).
-Traffic covers audio+video, audio-only and video-only clips, corrupt uploads (422), an unknown
-model (404), a too-short deadline (504) and bursts past the in-flight limit (429), so every
-error series the dashboards show exists.
+The stack: `SupervisedTriton` (what `avserve triton` runs, with its supervisor metrics) on the
+exported zorro_tiny repository, the gateway in uvicorn (a thread of this process) with
+`backend=triton` and the HTTP protocol `avserve serve` uses, and Debian's `prometheus` running
+the shipped deploy/prometheus config (targets rewritten to the test ports, 1 s scrape and rule
+intervals). Traffic covers audio+video, audio-only and video-only clips, corrupt uploads (422),
+an unknown model (404), a too-short deadline (504), bursts past the in-flight limit (429), an
+upload that crashes its media worker (the test-only crash switch), and requests the HTTP layer
+refuses (400 malformed, 431 head too large, 408 head too slow), so every error series the
+dashboards show exists.
 
 Alerts whose condition is false return nothing, so an alert expression is evaluated with
 every top-level comparison turned into a `bool` comparison (`x > 2.5` -> `x > bool 2.5`):
@@ -18,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -29,9 +33,11 @@ import uvicorn
 import yaml
 
 from avserve.gateway import GatewaySettings, create_app
+from avserve.gateway.server import server_config
 from avserve.media.synthetic import AudioTrack, VideoTrack, write_clip
+from avserve.media.workers import CRASH_SUFFIX_VARIABLE
 from avserve.monitoring import LocalPrometheus, render_prometheus_config, write_prometheus_config
-from avserve.triton import LocalTriton
+from avserve.triton import SupervisedTriton
 from avserve.triton.server import free_ports
 
 pytestmark = pytest.mark.slow
@@ -42,7 +48,8 @@ DASHBOARDS = sorted((ROOT / "deploy" / "grafana" / "dashboards").glob("*.json"))
 FAMILY = "zorro_tiny"
 MODELS = (f"{FAMILY}_av", f"{FAMILY}_audio", f"{FAMILY}_video")
 RATE_INTERVAL = "10s"  # Grafana's $__rate_interval for a 1 s scrape is max(4 x scrape, step + scrape)
-TRAFFIC_SECONDS = 12.0
+TRAFFIC_SECONDS = 12.0  # more than the default header timeout (10 s): one slow head gets its 408
+CRASH_SUFFIX = ".crashme"  # an upload named so crashes its media worker (SIGSEGV), as a decoder bug would
 COMPARISON = re.compile(r"(==|!=|>=|<=|>(?!=)|<(?!=))(?!\s*bool\b)")
 
 
@@ -119,7 +126,10 @@ def rule_entries() -> list[dict]:
 class ThreadedGateway:
     def __init__(self, settings: GatewaySettings) -> None:
         self.port = free_ports(1)[0]
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")
+        # `avserve serve`'s HTTP protocol: it answers (and counts) malformed and slow request heads.
+        config = server_config(
+            create_app(settings), settings, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name=f"gateway-{self.port}", daemon=True)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -155,17 +165,22 @@ def stack(zorro_repository, tmp_path_factory, clips):
     workdir = tmp_path_factory.mktemp("observability")
     triton = gateway = prometheus = None
     try:
-        triton = LocalTriton(repository, http_port=0, grpc_port=0, metrics_port=0, startup_timeout=120).start()
+        triton = SupervisedTriton(
+            repository, http_port=0, grpc_port=0, metrics_port=0, supervisor_port=0, startup_timeout=120
+        ).start()
         settings = GatewaySettings(
             backend="triton", triton_url=triton.grpc_url, upload_dir=workdir, log_format="text",
             default_model=FAMILY, max_in_flight_requests=2, request_timeout_seconds=20,
         )  # fmt: skip
-        gateway = ThreadedGateway(settings).start()
+        with pytest.MonkeyPatch.context() as patch:  # read once, when the gateway's media workers start
+            patch.setenv(CRASH_SUFFIX_VARIABLE, CRASH_SUFFIX)
+            gateway = ThreadedGateway(settings).start()
         prometheus_port = free_ports(1)[0]
         config = render_prometheus_config(
             PROMETHEUS_DIR,
             gateway=f"127.0.0.1:{gateway.port}",
             triton=f"127.0.0.1:{triton.metrics_port}",
+            triton_supervisor=f"127.0.0.1:{triton.supervisor_port}",
             prometheus=f"127.0.0.1:{prometheus_port}",
             scrape_interval="1s",
             evaluation_interval="1s",
@@ -177,9 +192,13 @@ def stack(zorro_repository, tmp_path_factory, clips):
             while client.get("/readyz").status_code != 200:
                 assert time.monotonic() < deadline, "the gateway never saw Triton ready"
                 time.sleep(0.2)
-            statuses = send_traffic(client, gateway.url, clips)
+            # The counters' zeros are scraped before the traffic: increase() sees every event.
+            while not prometheus.query('avserve_media_failures_total{reason="crashed"}'):
+                assert time.monotonic() < deadline, "Prometheus never scraped the gateway"
+                time.sleep(0.2)
+            statuses, refused = send_traffic(client, gateway, clips)
         settle(prometheus)
-        yield {"prometheus": prometheus, "statuses": statuses, "triton": triton, "gateway": gateway}
+        yield {"prometheus": prometheus, "statuses": statuses, "refused": refused, "triton": triton, "gateway": gateway}
     finally:
         for server in (prometheus, gateway, triton):
             if server is not None:
@@ -191,33 +210,61 @@ def post(client: httpx.Client, path: Path, **params) -> int:
         return client.post("/classify", params=params, files={"file": (path.name, handle)}).status_code
 
 
-def send_traffic(client: httpx.Client, url: str, clips: dict[str, Path]) -> dict[int, int]:
-    """Bounded: TRAFFIC_SECONDS of sequential requests, with a 429 burst every few rounds."""
-    statuses: dict[int, int] = {}
+def raw_status(port: int, data: bytes, timeout: float = 30.0) -> int:
+    """Send raw bytes (a request no well-behaved client sends) and return the answer's status."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        try:
+            sock.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # answered before all was sent: the answer is still there to read
+        answer = b""
+        while b"\r\n" not in answer:
+            chunk = sock.recv(4096)
+            assert chunk, f"closed without an answer: {answer!r}"
+            answer += chunk
+    return int(answer.split(b" ", 2)[1])
 
-    def count(status: int) -> None:
-        statuses[status] = statuses.get(status, 0) + 1
+
+MALFORMED = b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n"  # 400 invalid_content_length
+HUGE_HEAD = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n"  # 431 (over 64 KiB)
+SLOW_HEAD = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "  # never finished: 408 after the header timeout
+
+
+def send_traffic(client: httpx.Client, gateway: ThreadedGateway, clips: dict[str, Path]) -> tuple[dict[int, int], dict[int, int]]:
+    """Bounded: TRAFFIC_SECONDS of sequential requests, with a 429 burst every few rounds. Returns
+    the /classify statuses, and those of the requests the HTTP layer answered itself."""
+    statuses: dict[int, int] = {}
+    refused: dict[int, int] = {}
+
+    def count(status: int, into: dict[int, int] = statuses) -> None:
+        into[status] = into.get(status, 0) + 1
 
     corrupt = clips["av"].read_bytes()[:3000]
     began = time.monotonic()
     rounds = 0
-    with ThreadPoolExecutor(max_workers=6) as pool:
+    with ThreadPoolExecutor(max_workers=7) as pool:  # a burst of 6, and the slow head
+        slow = pool.submit(raw_status, gateway.port, SLOW_HEAD)  # holds one worker until its 408
+        with clips["av"].open("rb") as handle:  # crashes its media worker: 422 decoder_crashed
+            count(client.post("/classify", files={"file": ("clip" + CRASH_SUFFIX, handle)}).status_code)
         while time.monotonic() - began < TRAFFIC_SECONDS and rounds < 200:
             rounds += 1
             for name in ("av", "audio", "video"):
                 count(post(client, clips[name]))
             count(client.post("/classify", files={"file": ("cut.mp4", corrupt)}).status_code)
             if rounds % 3 == 1:
+                count(raw_status(gateway.port, MALFORMED), refused)
+                count(raw_status(gateway.port, HUGE_HEAD), refused)
                 count(post(client, clips["av"], model="no_such_family"))
                 count(post(client, clips["video"], timeout=0.0001))
                 # More concurrent requests than AVSERVE_MAX_IN_FLIGHT_REQUESTS=2: some are shed.
                 def burst(_: int) -> int:
-                    with httpx.Client(base_url=url, timeout=30) as own:
+                    with httpx.Client(base_url=gateway.url, timeout=30) as own:
                         return post(own, clips["av"])
 
                 for status in pool.map(burst, range(6)):
                     count(status)
-    return statuses
+        count(slow.result(timeout=30), refused)
+    return statuses, refused
 
 
 def settle(prometheus: LocalPrometheus) -> None:
@@ -237,16 +284,35 @@ def settle(prometheus: LocalPrometheus) -> None:
 
 
 def test_traffic_covered_successes_and_every_error_kind(stack):
-    statuses = stack["statuses"]
+    statuses, refused = stack["statuses"], stack["refused"]
     assert statuses.get(200, 0) >= 20, statuses
     for status in (404, 422, 429, 504):
         assert statuses.get(status, 0) >= 1, (status, statuses)
+    assert set(refused) == {400, 408, 431} and refused[408] == 1, refused
+
+
+def test_the_crash_and_the_http_layer_refusals_reached_prometheus(stack):
+    """What only the gateway process knows (a media worker's crash; requests its HTTP protocol
+    refused before the application saw them) is on the app's /metrics, scraped, and alerted on."""
+    prometheus, refused = stack["prometheus"], stack["refused"]
+    counted = {
+        (series["metric"]["status"], series["metric"]["code"]): float(series["value"][1])
+        for series in prometheus.query("avserve_http_rejections_total")
+    }
+    assert counted == {
+        ("400", "invalid_content_length"): refused[400], ("400", "invalid_http_request"): 0,
+        ("408", "request_header_timeout"): 1, ("431", "request_headers_too_large"): refused[431],
+    }, counted  # fmt: skip
+    (crashed,) = prometheus.query('avserve_media_failures_total{reason="crashed"}')
+    assert float(crashed["value"][1]) == 1
+    alerts = {alert["labels"]["alertname"]: alert["state"] for alert in prometheus.api("alerts")["alerts"]}
+    assert alerts.get("AvserveDecoderCrashed") == "firing", alerts
 
 
 def test_every_target_is_scraped(stack):
     targets = stack["prometheus"].targets()
     health = {target["labels"]["job"]: target["health"] for target in targets}
-    assert health == {"avserve-gateway": "up", "triton": "up", "prometheus": "up"}, targets
+    assert health == {"avserve-gateway": "up", "triton": "up", "triton-supervisor": "up", "prometheus": "up"}, targets
 
 
 def test_template_variables_find_every_model(stack):
