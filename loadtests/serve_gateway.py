@@ -4,8 +4,11 @@
     .venv/bin/python -m loadtests.serve_gateway --backend triton --triton-url 127.0.0.1:8001 --port 8080
 
 `--no-micro-batching` sets `EmbeddedSettings.micro_batching=False` (every request runs alone
-in onnxruntime): the "off" side of the micro-batching comparison. Everything else is the
-gateway exactly as `avserve serve` builds it. Only 127.0.0.1.
+in onnxruntime): the "off" side of the micro-batching comparison. Admission control never sheds
+unless `--media-queue-factor` is given: the bench draws throughput curves with closed-loop
+clients, which a bounded queue would answer with 429s (tests/gateway/test_overload.py gives the
+default factor and measures the shedding). Everything else is the gateway exactly as `avserve
+serve` builds and runs it. Only 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -24,19 +27,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-micro-batching", action="store_true")
     parser.add_argument("--batch-max-size", type=int, default=8)
     parser.add_argument("--batch-max-delay-ms", type=float, default=2.0)
+    parser.add_argument("--media-queue-factor", type=float, default=1e6, help="admission control (default: never shed)")
     args = parser.parse_args(argv)
-
-    import uvicorn
 
     from avserve.gateway import GatewaySettings, create_app
     from avserve.gateway.observability import configure_logging
+    from avserve.gateway.server import run_gateway
 
     settings = GatewaySettings(
         repository=args.repository, backend=args.backend, triton_url=args.triton_url, log_level="WARNING",
         batch_max_size=args.batch_max_size, batch_max_delay_ms=args.batch_max_delay_ms, backend_max_queue=512,
-        # Throughput curves, not the shedding policy: closed-loop clients at concurrency 16 would
-        # otherwise be shed (429) and retry at once (tests/gateway/test_overload.py measures that).
-        max_in_flight_requests=512, media_queue_factor=1e6,
+        max_in_flight_requests=512, media_queue_factor=args.media_queue_factor,
     )  # fmt: skip
     if args.no_micro_batching:
         original = GatewaySettings.embedded_settings
@@ -46,8 +47,7 @@ def main(argv: list[str] | None = None) -> None:
 
         GatewaySettings.embedded_settings = embedded_settings
     configure_logging("WARNING", "text")
-    uvicorn.run(create_app(settings), host="127.0.0.1", port=args.port, log_config=None, log_level="warning",
-                access_log=False)
+    run_gateway(create_app(settings), settings, host="127.0.0.1", port=args.port)
 
 
 if __name__ == "__main__":

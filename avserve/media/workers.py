@@ -51,6 +51,10 @@ T = TypeVar("T")
 CRASH_SUFFIX_VARIABLE = "AVSERVE_TEST_CRASH_SUFFIX"
 # What the forkserver imports once, so that every worker forked from it starts warm.
 PRELOAD = ("av", "numpy", "avserve.media")
+# Workers run below the gateway's own priority: when decoding saturates the cores, the event
+# loop (accepting uploads, shedding with 429, health checks) must still get the CPU at once,
+# and the decoders take what is left, which under overload is nearly all of it.
+WORKER_NICENESS = 10
 
 
 class MediaWorkersUnavailable(RuntimeError):
@@ -79,6 +83,7 @@ class MediaWorkers:
         memory_bytes: int | None = None,
         cpu_seconds: float | None = None,
         max_calls_per_worker: int = 0,
+        niceness: int = WORKER_NICENESS,
     ) -> None:
         if processes < 1:
             raise ValueError("processes must be >= 1")
@@ -86,6 +91,7 @@ class MediaWorkers:
         self.memory_bytes = memory_bytes
         self.cpu_seconds = cpu_seconds
         self.max_calls_per_worker = max_calls_per_worker  # 0: never recycle a healthy worker
+        self.niceness = niceness
         self.crash_suffix = os.environ.get(CRASH_SUFFIX_VARIABLE) or None
         self.stats = WorkerStats()
         self._lock = threading.Lock()
@@ -100,8 +106,8 @@ class MediaWorkers:
         self._pool = pebble.ProcessPool(
             max_workers=self.processes,
             max_tasks=self.max_calls_per_worker,
-            initializer=_limit_memory,
-            initargs=(self.memory_bytes,),
+            initializer=_start_worker,
+            initargs=(self.memory_bytes, self.niceness),
             context=context,
         )
 
@@ -197,8 +203,11 @@ def _reap_helpers_at_exit() -> None:
 # ---- inside a worker ------------------------------------------------------------------------------
 
 
-def _limit_memory(memory_bytes: int | None) -> None:
-    """Pool initializer: cap the worker's address space (allocations past it fail)."""
+def _start_worker(memory_bytes: int | None, niceness: int) -> None:
+    """Pool initializer: lower the worker's CPU priority and cap its address space (allocations
+    past it fail)."""
+    if niceness:
+        os.nice(niceness)
     if memory_bytes:
         _, hard = resource.getrlimit(resource.RLIMIT_AS)
         limit = memory_bytes if hard == resource.RLIM_INFINITY else min(memory_bytes, hard)

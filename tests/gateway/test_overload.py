@@ -1,7 +1,8 @@
 """Admission control (avserve/gateway/admission.py) under overload, on loopback: offered 4x the
 gateway's measured capacity, it keeps the latency of what it accepts near the latency at
 capacity, keeps its decoders busy, refuses the rest at once with 429 + Retry-After, and keeps
-answering health checks. Bounded: about 20 s."""
+answering health checks. The gateway runs in its own process, as `avserve serve` runs it, so
+the load generator does not share its interpreter. Bounded: about 30 s."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ import pytest
 
 from avserve.gateway import GatewaySettings
 from avserve.media.synthetic import AudioTrack, VideoTrack, write_clip
-from gateway_helpers import FAMILY
 from loadtests.clips import Clip
+from loadtests.servers import Server
 from loadtests.targets import HttpTarget, closed_loop, fixed_rate
 
 DEFAULT_QUEUE_FACTOR = GatewaySettings.model_fields["media_queue_factor"].default
@@ -51,44 +52,66 @@ async def _health_during(url: str, stop: asyncio.Event) -> list[tuple[int, float
     return answers
 
 
-def test_overload_sheds_fast_and_keeps_accepted_latency(gateway_factory, serving_repository, heavy_clip):
-    gateway = gateway_factory(repository=serving_repository, default_model=FAMILY, media_queue_factor=DEFAULT_QUEUE_FACTOR)
+@pytest.fixture(scope="module")
+def gateway(serving_repository, tmp_path_factory):
+    server = Server.start_module(
+        "gateway", "loadtests.serve_gateway", tmp_path_factory.mktemp("overload") / "gateway.log",
+        "--repository", str(serving_repository), "--media-queue-factor", str(DEFAULT_QUEUE_FACTOR),
+    )  # fmt: skip
+    yield server
+    server.stop()
 
+
+# The machine is shared (and `pytest -n 2` runs another test beside this one): a burst of
+# someone else's work during one phase skews the ratio of two latencies measured seconds apart.
+# Everything else must hold in every attempt; the latency and goodput ratios in one of them.
+ATTEMPTS = 3
+
+
+def _measure(url: str, clip: Clip):
     async def run():
-        target = HttpTarget("gateway", gateway.url, [heavy_clip])
+        target = HttpTarget("gateway", url, [clip])
         try:
-            await closed_loop(target, [heavy_clip], concurrency=2, seconds=1.5)  # warm up, teach the service time
+            await closed_loop(target, [clip], concurrency=2, seconds=1.5)  # warm up, teach the service time
             # Capacity: closed loop with one request queued per worker: the decoders never idle.
-            capacity = await closed_loop(target, [heavy_clip], concurrency=4, seconds=5)
+            capacity = await closed_loop(target, [clip], concurrency=4, seconds=5)
             rate = len([s for s in capacity.samples if s.ok]) / capacity.seconds
             stop = asyncio.Event()
-            health = asyncio.create_task(_health_during(gateway.url, stop))
-            overload = await fixed_rate(target, [heavy_clip], rate=4 * rate, seconds=8, max_in_flight=1024, timeout=20)
+            health = asyncio.create_task(_health_during(url, stop))
+            overload = await fixed_rate(target, [clip], rate=4 * rate, seconds=8, max_in_flight=1024, timeout=20)
             stop.set()
             return capacity, rate, overload, await health
         finally:
             await target.close()
 
-    capacity, rate, overload, health = asyncio.run(run())
-    assert all(s.ok for s in capacity.samples) and rate > 2, rate
-    accepted = [s for s in overload.samples if s.ok]
-    shed = [s for s in overload.samples if s.status == 429]
-    other = [s for s in overload.samples if not s.ok and s.status != 429]
-    goodput = len(accepted) / overload.seconds
-    p99_capacity, p99_accepted = _p99(capacity.samples), _p99(accepted)
-    shed_p99 = _p99(shed) if shed else 0.0
-    print(
-        f"capacity {rate:.1f} req/s (p99 {1000 * p99_capacity:.0f} ms); at {4 * rate:.1f} req/s offered: "
-        f"goodput {goodput:.1f} req/s ({goodput / rate:.2f}x), accepted p99 {1000 * p99_accepted:.0f} ms "
-        f"({p99_accepted / p99_capacity:.2f}x), {len(shed)} shed (p99 {1000 * shed_p99:.0f} ms), {len(other)} other"
-    )
-    assert not other, [(s.status, s.latency) for s in other[:5]]
-    assert len(shed) > len(accepted), "4x the capacity must be mostly refused"
+    return asyncio.run(run())
+
+
+def test_overload_sheds_fast_and_keeps_accepted_latency(gateway, heavy_clip):
+    for attempt in range(1, ATTEMPTS + 1):
+        capacity, rate, overload, health = _measure(gateway.url, heavy_clip)
+        assert all(s.ok for s in capacity.samples) and rate > 2, rate
+        accepted = [s for s in overload.samples if s.ok]
+        shed = [s for s in overload.samples if s.status == 429]
+        other = [s for s in overload.samples if not s.ok and s.status != 429]
+        goodput = len(accepted) / overload.seconds
+        p99_capacity, p99_accepted = _p99(capacity.samples), _p99(accepted)
+        shed_p99 = _p99(shed) if shed else 0.0
+        print(
+            f"attempt {attempt}: capacity {rate:.1f} req/s (p99 {1000 * p99_capacity:.0f} ms); at {4 * rate:.1f} req/s "
+            f"offered: goodput {goodput:.1f} req/s ({goodput / rate:.2f}x), accepted p99 {1000 * p99_accepted:.0f} ms "
+            f"({p99_accepted / p99_capacity:.2f}x), {len(shed)} shed (p99 {1000 * shed_p99:.0f} ms), {len(other)} other"
+        )
+        # in every attempt: nothing but answers and fast refusals, each saying when to come back
+        assert not other, [(s.status, s.latency) for s in other[:5]]
+        assert len(shed) > len(accepted), "4x the capacity must be mostly refused"
+        assert all(s.retry_after is not None and int(s.retry_after) >= 1 for s in shed)
+        # health checks answered throughout
+        assert len(health) >= 40 and all(status == 200 for status, _ in health)
+        assert max(seconds for _, seconds in health) < 1.0
+        held = p99_accepted <= 2 * p99_capacity and goodput >= 0.8 * rate and shed_p99 <= 0.5 * p99_capacity
+        if held or attempt == ATTEMPTS:
+            break
     assert p99_accepted <= 2 * p99_capacity
     assert goodput >= 0.8 * rate
-    # every refusal is fast and says when to come back
-    assert all(s.retry_after is not None and int(s.retry_after) >= 1 for s in shed)
-    assert shed_p99 <= 0.5 * p99_capacity
-    # health checks answered throughout
-    assert len(health) >= 40 and all(status == 200 for status, _ in health)
-    assert max(seconds for _, seconds in health) < 1.0
+    assert shed_p99 <= 0.5 * p99_capacity  # a refusal is fast
