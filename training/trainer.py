@@ -26,6 +26,19 @@ scheduler, grad scaler, step, best metric and RNG states from last.pt and contin
 the next unseen batch (the sampler is a pure function of (seed, epoch), items of
 (seed, epoch, index)).
 
+Killed at any instant (SIGKILL, OOM killer, preemption), a run resumes with `resume=True` and
+finishes bit-identical to an uninterrupted one, with the same metrics.jsonl (each row once;
+only the timing columns differ); tests/training/test_kill_resume.py. On start-up, under the
+run's lock (training.checkpoint), rank 0 puts the run directory back to its last checkpoint:
+stale NAME.tmp files removed, metrics.jsonl rows of later steps (and a torn last line) cut,
+eval.json rewritten from the checkpoint, best.pt re-linked when the kill fell between writing
+last.pt and best.pt. The loss window of a log line in progress and the throughput totals are
+part of the checkpoint, so log lines and run.json's result do not depend on where the kills
+fell. A run killed before its first checkpoint has nothing to resume: `resume=True` then
+starts it again at step 0 (saying so), leftover metrics rows included, so "run it again with
+--resume until it finishes" is always the right recovery; `resume=True` refuses only a
+directory holding best.pt without last.pt (not a state a trainer leaves).
+
 Distributed: under torchrun every rank builds the same model (seeded), wraps model + objective
 modules in DDP (gloo on CPU, NCCL on CUDA) and reads its shard of each epoch; evaluation outputs
 are gathered to rank 0. `batch_size` is per process; the global batch is batch_size * world_size.
@@ -40,6 +53,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -137,15 +151,20 @@ class Trainer:
         cfg = self.cfg
         self.resume_path = self.out / ckpt.LAST
         overrides = dict(cfg.overrides)
+        # resume from last.pt; or, with --resume and no checkpoint yet, start over at step 0
+        self.resuming = cfg.resume and self.resume_path.is_file()
         if cfg.resume:
-            if not self.resume_path.is_file():
-                raise TrainError(f"--resume: no {ckpt.LAST} in {self.out}")
-            info = ckpt.read_run_info(self.out)
-            if info.model != cfg.model:
-                raise TrainError(f"--resume: {self.out} trains {info.model!r}, not {cfg.model!r}")
-            overrides = {**info.overrides, **overrides}
-        elif self.resume_path.is_file():
-            raise TrainError(f"{self.out} already holds a run ({ckpt.LAST}); pass --resume or choose another --out")
+            if not self.resuming and (self.out / ckpt.BEST).is_file():
+                raise TrainError(f"--resume: {self.out} holds {ckpt.BEST} but no {ckpt.LAST} (the training state): cannot resume")
+            if self.resuming or (self.out / ckpt.RUN_FILE).is_file():
+                info = ckpt.read_run_info(self.out)
+                if info.model != cfg.model:
+                    raise TrainError(f"--resume: {self.out} trains {info.model!r}, not {cfg.model!r}")
+                overrides = {**info.overrides, **overrides}
+        else:
+            for name in (ckpt.LAST, ckpt.BEST):
+                if (self.out / name).is_file():
+                    raise TrainError(f"{self.out} already holds a run ({name}); pass --resume or choose another --out")
         self.model_name = cfg.model
         self.overrides = {k: v for k, v in overrides.items() if k != "num_classes"}
         try:
@@ -196,7 +215,7 @@ class Trainer:
             raise TrainError(f"bad model config for {self.model_name!r}: {error}") from None
         self.model = model.to(self.device)
         self.init_report = None
-        if cfg.init_from and not cfg.resume:
+        if cfg.init_from and not self.resuming:
             try:
                 self.init_report = ckpt.init_from(self.model, cfg.init_from)
             except ckpt.CheckpointError as error:
@@ -298,13 +317,17 @@ class Trainer:
         cfg = self.cfg
         self.step = 0
         self.best_metric = -math.inf
+        self.best_step: int | None = None  # the step best.pt holds
         self.best_eval: dict | None = None
         self.last_eval: dict | None = None
+        # saved with the checkpoint: the losses of the log line in progress, throughput totals
+        self.loss_window: dict[str, list[float]] = {}
+        self.totals = {"time": 0.0, "data": 0.0, "clips": 0, "steps": 0}
         self.np_rng = np.random.default_rng([cfg.seed, self.dist.rank, 7])
         torch.manual_seed(cfg.seed * 1000 + 100 * self.dist.rank + 1)  # dropout etc. differ per rank
         random.seed(cfg.seed + self.dist.rank)
         np.random.seed(cfg.seed + self.dist.rank)
-        if cfg.resume:
+        if self.resuming:
             self._load_resume()
         self.context = StepContext(self.model, self.device, self.np_rng, self._autocast)
 
@@ -383,8 +406,11 @@ class Trainer:
             "step": self.step,
             "epoch": self.step // self.steps_per_epoch,
             "best_metric": self.best_metric,
+            "best_step": self.best_step,
             "best_eval": self.best_eval,
             "last_eval": self.last_eval,
+            "log_window": {k: list(v) for k, v in self.loss_window.items()},
+            "totals": dict(self.totals),
             "rng": _rng_state(),
             "np_rng": self.np_rng.bit_generator.state,
             "run": self.run_info.to_dict(),
@@ -413,6 +439,10 @@ class Trainer:
         self.best_metric = float(state.get("best_metric", -math.inf))
         self.best_eval = state.get("best_eval")
         self.last_eval = state.get("last_eval")
+        # checkpoints before best_step existed: the best evaluation's step
+        self.best_step = state.get("best_step", (self.best_eval or {}).get("step"))
+        self.loss_window = {k: list(v) for k, v in (state.get("log_window") or {}).items()}
+        self.totals.update(state.get("totals") or {})
         if self.dist.is_main:  # rank 0's generators are saved; other ranks reseed per step
             _set_rng_state(state["rng"])
         else:
@@ -421,16 +451,53 @@ class Trainer:
         self._log(f"resumed {self.out} at step {self.step}/{self.total_steps}")
 
     def _save(self, best: bool) -> None:
+        """last.pt, then best.pt (a link to it) if best: a kill in between leaves best.pt one
+        checkpoint behind, which `_open_run_dir` repairs from last.pt's best_step."""
         if not self.dist.is_main:
             return
+        if self._log_file is not None:  # the rows this checkpoint has seen are on disk first
+            os.fsync(self._log_file.fileno())
         state = self._state()
         ckpt.save_checkpoint(self.out / ckpt.LAST, state)
         if best:
-            ckpt.save_checkpoint(self.out / ckpt.BEST, state)
+            ckpt.link_checkpoint(self.out / ckpt.LAST, self.out / ckpt.BEST)
+
+    def _open_run_dir(self) -> None:
+        """Rank 0, before anything is written: take the run's lock and put the directory back
+        to the checkpoint this run starts from (step 0 for a new run), whatever a killed run
+        left after it."""
+        log = open(self.out / ckpt.METRICS_FILE, "a+b")
+        try:
+            ckpt.lock_metrics_file(log, self.out)
+        except ckpt.RunLockedError as error:
+            log.close()
+            raise TrainError(str(error)) from None
+        notes = []
+        if self.cfg.resume and not self.resuming:
+            notes.append(f"--resume: no {ckpt.LAST} in {self.out} yet (new, or killed before its first checkpoint): starting at step 0")
+        removed = ckpt.remove_stale_temp_files(self.out)
+        if removed:
+            notes.append(f"removed {', '.join(removed)} (written when a run was killed)")
+        kept, cut = ckpt.truncate_metrics(log, self.step)
+        if cut:
+            notes.append(f"cut {cut} {ckpt.METRICS_FILE} line(s) written after step {self.step}'s checkpoint; kept {kept}")
+        self._log_file = log
+        eval_file = self.out / ckpt.EVAL_FILE
+        if self.last_eval is not None:
+            ckpt.write_json(eval_file, {"best": self.best_eval, "last": self.last_eval})
+        elif eval_file.exists():
+            eval_file.unlink()
+            notes.append(f"removed {ckpt.EVAL_FILE} of an evaluation no checkpoint kept")
+        best, last = self.out / ckpt.BEST, self.out / ckpt.LAST
+        if self.resuming and self.best_step == self.step and not ckpt.same_file(best, last) and _checkpoint_step(best) != self.step:
+            ckpt.link_checkpoint(last, best)
+            notes.append(f"{ckpt.BEST} set to step {self.step}'s checkpoint (killed between writing {ckpt.LAST} and {ckpt.BEST})")
+        for note in notes:
+            self._log(f"note: {note}")
 
     def _write_metrics(self, row: dict[str, Any]) -> None:
         if self._log_file is not None:
-            self._log_file.write(json.dumps(row) + "\n")
+            self._log_file.write((json.dumps(row) + "\n").encode())
             self._log_file.flush()
 
     # -----------------------------------------------------------------------------------
@@ -489,8 +556,8 @@ class Trainer:
         main = self.dist.is_main
         if main:
             self.out.mkdir(parents=True, exist_ok=True)
+            self._open_run_dir()
             ckpt.write_json(self.out / ckpt.RUN_FILE, self.run_info.to_dict())
-            self._log_file = open(self.out / ckpt.METRICS_FILE, "a")
             self._log(
                 f"train {self.model_name} ({cfg.objective}) on {len(self.train_set)} clips "
                 f"[{cfg.train_split}], eval {len(self.eval_set) if self.eval_set else 0} [{self.eval_split}], "
@@ -506,9 +573,9 @@ class Trainer:
 
             bar = tqdm(total=self.total_steps, initial=self.step, desc=f"train {self.model_name}", unit="step", dynamic_ncols=True, file=sys.stderr)
 
-        totals = {"time": 0.0, "data": 0.0, "clips": 0, "steps": 0}
+        totals = self.totals
         window = {"time": 0.0, "data": 0.0, "clips": 0, "steps": 0}
-        loss_window: dict[str, list[float]] = {}
+        first_batch = True
         loader = sampler = None
         epoch = -1
         try:
@@ -531,22 +598,23 @@ class Trainer:
                     self.step += 1
                     clips = cfg.batch_size * self.dist.world_size
                     wait, elapsed = t_data - t_prev, t_end - t_prev
-                    # the very first batch includes worker start-up: keep it out of throughput
-                    if totals["steps"] or self.step == end_step:
+                    # a process's first batch includes worker start-up: keep it out of throughput
+                    if not first_batch or self.step == end_step:
                         for acc in (totals, window):
                             acc["time"] += elapsed
                             acc["data"] += wait
                             acc["clips"] += clips
                             acc["steps"] += 1
+                    first_batch = False
                     for k, v in logs.items():
-                        loss_window.setdefault(k, []).append(v)
+                        self.loss_window.setdefault(k, []).append(v)
                     t_prev = t_end
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
                     last = self.step >= end_step
                     if self.step % cfg.log_every == 0 or last:
-                        row = {k: float(np.mean(v)) for k, v in loss_window.items()}
+                        row = {k: float(np.mean(v)) for k, v in self.loss_window.items()}
                         row = D.all_reduce_mean(row, self.device)
                         row.update(
                             kind="train",
@@ -558,11 +626,16 @@ class Trainer:
                         )
                         self._write_metrics(row)
                         window = {"time": 0.0, "data": 0.0, "clips": 0, "steps": 0}
-                        loss_window = {}
+                        self.loss_window = {}
                     if self.step % eval_every == 0 or last:
                         self._eval_and_checkpoint()
                     if last or self.step % self.steps_per_epoch == 0:
                         break
+        except BaseException:
+            if self._log_file is not None:  # releases the run's lock
+                self._log_file.close()
+                self._log_file = None
+            raise
         finally:
             if bar is not None:
                 bar.close()
@@ -607,8 +680,18 @@ class Trainer:
                 self._write_metrics({"kind": "eval", **_flatten(result)})
                 ckpt.write_json(self.out / ckpt.EVAL_FILE, {"best": self.best_eval, "last": self.last_eval})
                 self._log(f"eval@{result['step']} [{result['split']}] {self.objective.describe(result)}")
+        if is_best:
+            self.best_step = self.step
         self._save(best=is_best)
         D.barrier()
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    """The step a checkpoint file holds; None if it is missing or unreadable."""
+    try:
+        return int(ckpt.load_checkpoint(path).get("step"))
+    except (ckpt.CheckpointError, TypeError, ValueError):
+        return None
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
