@@ -10,8 +10,34 @@ exporter writes one Triton model, named after the family and the set:
 Each model directory gets `config.pbtxt` (typed tensors, dynamic batching, instance group,
 warm-up, version policy, labels, and the `parameters` the gateway preprocesses and routes
 by), `1/model.onnx` (dynamic batch) and `labels.txt`. Every graph is run in onnxruntime
-against the torch model before it is installed, and a model directory is swapped in whole:
-a failed export leaves the repository as it was.
+against the torch model before it is installed.
+
+A family is exported all or nothing (tests/export/test_kill_export.py kills `avserve export`
+at random moments):
+  1. under a lock on the repository (flock on its directory: one export at a time; the kernel
+     drops it when the process dies), a previous export a kill interrupted is completed and
+     its leftovers are removed;
+  2. every model of the family is built in one staging directory beside the repository,
+     `<parent>/.<repository name>.export-<family>-*` (same file system, so the models can be
+     renamed in; outside the repository because the real tritonserver loads every directory
+     in it, hidden ones included, and one that fails to load keeps a --strict-readiness
+     server unready), checked and fsynced. Where the parent is on another file system or not
+     writable, the staging directory is `<repository>/.staging-<family>-*` instead (the
+     gateway's loader and the Triton shadow builder skip hidden entries; native Triton does
+     not);
+  3. commit: a journal `<repository>/.export-<family>.json` (a file: Triton ignores files; it
+     holds the staged directories' inode numbers and the family's models to remove) is written
+     atomically, then each `<family>_<route>` is exchanged with its staged version by one atomic
+     renameat2(RENAME_EXCHANGE) each (two renames where the file system lacks it), models of
+     the family the new export does not have are moved out, the journal is removed, and the
+     staging directory (now holding the previous versions) deleted.
+A kill before the journal exists leaves the previous set untouched; a kill after it leaves a
+journal the next export rolls forward (a name whose inode is the staged one is done). Each
+model directory is at every instant either the complete previous or the complete new one
+(without RENAME_EXCHANGE: or briefly absent, between its two renames); the three exchanges are not atomic as a group, so a kill inside that loop (microseconds, with no
+I/O in it) leaves a mix until the next `avserve export` into the repository completes it
+(`recover_repository`): readers that load the repository should refuse or complete a family
+with a pending `.export-<family>.json`; ours do not look yet.
 
 Runtimes (`ExportOptions.runtime`):
   "onnxruntime"  Triton's native ONNX Runtime backend (default; CPU or GPU).
@@ -25,8 +51,13 @@ Runtimes (`ExportOptions.runtime`):
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
+import errno
+import json
+import os
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -57,10 +88,17 @@ from avserve.repository import (
     new_model_config,
     write_model_config,
 )
+from training.checkpoint import fsync_directory
 from training.models import AVClassifier, ModalityGraph
 
 Runtime = Literal["onnxruntime", "tensorrt", "tensorrt_plan"]
 RUNTIMES: tuple[str, ...] = ("onnxruntime", "tensorrt", "tensorrt_plan")
+
+
+STAGING_PREFIX = ".staging-"  # <repository>/.staging-<family>-*: staging where it cannot go beside it
+RETIRED_PREFIX = ".retired-"  # left by exporters before the journal; removed like staging
+JOURNAL_PREFIX = ".export-"  # <repository>/.export-<family>.json: a commit in progress
+SIBLING_INFIX = ".export-"  # <parent>/.<repository name>.export-<family>-*: staging beside the repository
 
 
 class ExportError(RuntimeError):
@@ -134,17 +172,34 @@ def export_model(
     repository = Path(repository)
     try:
         repository.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=repository, prefix=".write-test-")
-        probe.close()
     except OSError as error:
         raise ExportError(f"cannot write to repository {repository}: {error.strerror or error}") from error
-
-    model = model.eval()
-    exported = []
-    for modalities in sorted(model.servable_modalities, key=lambda m: (-len(m), sorted(m))):
-        name = f"{options.family}_{ROUTE_SUFFIXES[frozenset(modalities)]}"
-        with _staged_model_directory(repository, name) as staging:
-            exported.append(_export_one(model, frozenset(modalities), labels, name, staging, options))
+    with _repository_lock(repository):
+        try:
+            probe = tempfile.NamedTemporaryFile(dir=repository, prefix=".write-test-")
+            probe.close()
+        except OSError as error:
+            raise ExportError(f"cannot write to repository {repository}: {error.strerror or error}") from error
+        model = model.eval()
+        root = repository.resolve()
+        try:
+            for note in recover_repository(root):
+                print(f"note: {note}", file=sys.stderr, flush=True)
+            staging = new_staging_directory(root, options.family)
+        except OSError as error:
+            raise ExportError(f"cannot prepare repository {repository}: {error}") from error
+        try:
+            exported = []
+            for modalities in sorted(model.servable_modalities, key=lambda m: (-len(m), sorted(m))):
+                name = f"{options.family}_{ROUTE_SUFFIXES[frozenset(modalities)]}"
+                (staging / name).mkdir()
+                exported.append(_export_one(model, frozenset(modalities), labels, name, staging / name, options))
+                _make_world_readable(staging / name)
+            _fsync_tree(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        _commit(root, options.family, staging, [e.name for e in exported])
     return [dataclasses.replace(e, directory=repository / e.name) for e in exported]
 
 
@@ -294,31 +349,191 @@ def _make_world_readable(directory: Path) -> None:
         path.chmod(0o755 if path.is_dir() else 0o644)
 
 
-@contextlib.contextmanager
-def _staged_model_directory(repository: Path, name: str) -> Iterator[Path]:
-    """Build a model directory beside its final place, then swap it in with renames.
+# ---- the commit: all of a family's models or none ---------------------------------------------
 
-    Triton ignores directories that hold no config.pbtxt yet, and a rename within one
-    filesystem is atomic, so a server polling the repository never sees a half-written model;
-    on any error the staging directory is removed and the previous model stays.
-    """
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{name}-", dir=repository))
+
+@contextlib.contextmanager
+def _repository_lock(repository: Path) -> Iterator[None]:
+    """One export into a repository at a time: flock on the directory itself (no lock file to
+    leave behind; released by the kernel when the process dies)."""
     try:
-        yield staging
-        _make_world_readable(staging)
-        target = repository / name
-        retired = None
-        if target.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".retired-{name}-", dir=repository))
-            target.rename(retired / name)
+        import fcntl
+    except ImportError:  # not POSIX
+        yield
+        return
+    try:
+        fd = os.open(repository, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as error:
+        raise ExportError(f"cannot open repository {repository}: {error.strerror or error}") from error
+    try:
         try:
-            staging.rename(target)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            if retired is not None:
-                (retired / name).rename(target)  # put the previous model back
-            raise
-        if retired is not None:
-            shutil.rmtree(retired, ignore_errors=True)
+            print(f"note: waiting for another export into {repository}", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _commit(repository: Path, family: str, staging: Path, names: list[str]) -> None:
+    """Swap the staged models of `family` in (see the module docstring)."""
+    family_names = {f"{family}_{suffix}" for suffix in ROUTE_SUFFIXES.values()}
+    journal = {
+        "family": family,
+        "staging": os.path.relpath(staging, repository),
+        "install": {name: os.stat(staging / name).st_ino for name in names},
+        "remove": sorted(n for n in family_names - set(names) if os.path.lexists(repository / n)),
+    }
+    path = _journal_path(repository, family)
+    try:
+        _write_durably(path, json.dumps(journal, indent=2) + "\n")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    try:
+        _roll_forward(repository, path, journal)
+    except OSError as error:
+        raise ExportError(
+            f"could not swap the new {family} models into {repository}: {error}; "
+            f"the next `avserve export` into it completes the swap ({path.name})"
+        ) from error
+
+
+def _roll_forward(repository: Path, journal_path: Path, journal: dict) -> bool:
+    """Put every staged model of a journal in place (idempotent: a name whose inode is the
+    staged one is done), move the family's dropped models out, then remove the journal and
+    the staging directory (which holds the replaced versions). True if anything was swapped."""
+    staging = repository / journal["staging"]
+    swapped = False
+    for name, inode in journal["install"].items():
+        live, new = repository / name, staging / name
+        if _inode(live) == inode:
+            continue
+        if _inode(new) != inode:
+            raise ExportError(f"{journal_path}: the staged {name} is gone; remove the journal and export again")
+        if os.path.lexists(live):
+            _exchange(new, live, staging / f"{name}.previous")
+        else:
+            os.rename(new, live)
+        swapped = True
+    for name in journal["remove"]:
+        if os.path.lexists(repository / name):
+            os.rename(repository / name, staging / f"{name}.removed")
+            swapped = True
+    fsync_directory(repository)
+    journal_path.unlink()
+    fsync_directory(repository)
+    shutil.rmtree(staging, ignore_errors=True)
+    return swapped
+
+
+def new_staging_directory(repository: Path, family: str) -> Path:
+    """An empty directory on the repository's file system, outside it where possible."""
+    real = Path(repository).resolve()
+    try:
+        if real.parent != real and os.stat(real.parent).st_dev == os.stat(real).st_dev:
+            return Path(tempfile.mkdtemp(prefix=f".{real.name}{SIBLING_INFIX}{family}-", dir=real.parent))
+    except OSError:  # the parent is not writable: stage inside
+        pass
+    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{family}-", dir=real))
+
+
+def _stale_staging_directories(repository: Path) -> list[Path]:
+    real = repository.resolve()
+    inside = [p for p in real.iterdir() if p.name.startswith((STAGING_PREFIX, RETIRED_PREFIX))]
+    prefix = f".{real.name}{SIBLING_INFIX}"
+    beside = [
+        p for p in (real.parent.glob(prefix + "*") if real.parent != real else [])
+        if SIBLING_INFIX not in p.name[len(prefix):]  # not repository "<name>.export-x"'s
+    ]  # fmt: skip
+    return sorted(p for p in inside + beside if p.is_dir() and not p.is_symlink())
+
+
+def recover_repository(repository: str | Path) -> list[str]:
+    """Complete the exports a kill interrupted after their commit began (their journals) and
+    remove what killed exports left (staging directories, temp files). Call with the
+    repository's lock held (export_model does). Returns what it did, one line each."""
+    repository = Path(repository).resolve()
+    notes = []
+    for path in sorted(repository.glob(f"{JOURNAL_PREFIX}*.json")):
+        try:
+            journal = json.loads(path.read_text())
+            staging_ok = (repository / journal["staging"]).is_dir()
+        except (OSError, ValueError, KeyError, TypeError):
+            journal, staging_ok = None, False
+        if not staging_ok:  # the commit had finished (only its clean-up was cut short)
+            path.unlink(missing_ok=True)
+            continue
+        swapped = _roll_forward(repository, path, journal)
+        notes.append(f"{'completed' if swapped else 'cleaned up after'} the interrupted export of {journal['family']} in {repository}")
+    for path in _stale_staging_directories(repository):
+        shutil.rmtree(path, ignore_errors=True)
+        notes.append(f"removed {path} (left by an export that was killed)")
+    for path in sorted(repository.iterdir()):
+        if path.is_file() and (path.name.startswith(".write-test-") or path.name.startswith(JOURNAL_PREFIX) and path.name.endswith(".tmp")):
+            path.unlink(missing_ok=True)
+    return notes
+
+
+def _journal_path(repository: Path, family: str) -> Path:
+    return repository / f"{JOURNAL_PREFIX}{family}.json"
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return os.stat(path, follow_symlinks=False).st_ino
+    except FileNotFoundError:
+        return None
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _renameat2_exchange(a: Path, b: Path) -> bool:
+    """Atomically exchange two paths (Linux 3.15+, glibc 2.28+, most local file systems);
+    False where that is not available."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(code, os.strerror(code), str(a), None, str(b))
+
+
+def _exchange(new: Path, live: Path, previous: Path) -> None:
+    """Put `new` at `live`. With RENAME_EXCHANGE `live` is never missing (the replaced version
+    ends up at `new`'s path); without, it is moved to `previous` first (a moment without it)."""
+    if not _renameat2_exchange(new, live):
+        os.rename(live, previous)
+        os.rename(new, live)
+
+
+def _fsync_tree(root: Path) -> None:
+    """Everything staged is on disk before the journal makes it the repository's next state
+    (a kill alone would not need this; a power loss after the renames would)."""
+    for directory, _, files in os.walk(root, topdown=False):
+        for name in files:
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_directory(Path(directory))
+
+
+def _write_durably(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    fsync_directory(path.parent)
