@@ -52,6 +52,11 @@ ONNX_MODEL_FILE: Final = "model.onnx"
 MODEL_VERSION: Final = "1"  # the exporter writes version 1; Triton serves the newest version
 # The local Python-backend Triton (avserve.triton) finds the ONNX file through this parameter.
 ONNX_FILENAME_PARAMETER: Final = "onnx_model_filename"
+# An export swapping a family's models in writes <repository>/.export-<family>.json first and
+# removes it when every model is in place (training/export.py): while it exists the family is
+# half old, half new, and readers leave the models it names alone.
+EXPORT_JOURNAL_PREFIX: Final = ".export-"
+EXPORT_JOURNAL_SUFFIX: Final = ".json"
 
 
 # ---- config.pbtxt parameters ----------------------------------------------------------------

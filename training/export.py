@@ -34,10 +34,11 @@ at random moments):
 A kill before the journal exists leaves the previous set untouched; a kill after it leaves a
 journal the next export rolls forward (a name whose inode is the staged one is done). Each
 model directory is at every instant either the complete previous or the complete new one
-(without RENAME_EXCHANGE: or briefly absent, between its two renames); the three exchanges are not atomic as a group, so a kill inside that loop (microseconds, with no
-I/O in it) leaves a mix until the next `avserve export` into the repository completes it
-(`recover_repository`): readers that load the repository should refuse or complete a family
-with a pending `.export-<family>.json`; ours do not look yet.
+(without RENAME_EXCHANGE: or briefly absent, between its two renames); the three exchanges are
+not atomic as a group, so a kill inside that loop (microseconds, with no I/O in it) leaves a
+mix until the next `avserve export` into the repository completes it
+(`recover_repository`); meanwhile the gateway's repository loader and the local Triton's shadow
+leave out the models a pending `.export-<family>.json` names (avserve.repository.model_directories).
 
 Runtimes (`ExportOptions.runtime`):
   "onnxruntime"  Triton's native ONNX Runtime backend (default; CPU or GPU).
@@ -71,6 +72,8 @@ import torch
 from avserve.contract import (
     AUDIO,
     CONFIG_FILE,
+    EXPORT_JOURNAL_PREFIX,
+    EXPORT_JOURNAL_SUFFIX,
     LABELS_FILE,
     MODEL_VERSION,
     ONNX_MODEL_FILE,
@@ -97,7 +100,6 @@ RUNTIMES: tuple[str, ...] = ("onnxruntime", "tensorrt", "tensorrt_plan")
 
 STAGING_PREFIX = ".staging-"  # <repository>/.staging-<family>-*: staging where it cannot go beside it
 RETIRED_PREFIX = ".retired-"  # left by exporters before the journal; removed like staging
-JOURNAL_PREFIX = ".export-"  # <repository>/.export-<family>.json: a commit in progress
 SIBLING_INFIX = ".export-"  # <parent>/.<repository name>.export-<family>-*: staging beside the repository
 
 
@@ -456,7 +458,7 @@ def recover_repository(repository: str | Path) -> list[str]:
     repository's lock held (export_model does). Returns what it did, one line each."""
     repository = Path(repository).resolve()
     notes = []
-    for path in sorted(repository.glob(f"{JOURNAL_PREFIX}*.json")):
+    for path in sorted(repository.glob(f"{EXPORT_JOURNAL_PREFIX}*{EXPORT_JOURNAL_SUFFIX}")):
         try:
             journal = json.loads(path.read_text())
             staging_ok = (repository / journal["staging"]).is_dir()
@@ -471,13 +473,13 @@ def recover_repository(repository: str | Path) -> list[str]:
         shutil.rmtree(path, ignore_errors=True)
         notes.append(f"removed {path} (left by an export that was killed)")
     for path in sorted(repository.iterdir()):
-        if path.is_file() and (path.name.startswith(".write-test-") or path.name.startswith(JOURNAL_PREFIX) and path.name.endswith(".tmp")):
+        if path.is_file() and (path.name.startswith(".write-test-") or path.name.startswith(EXPORT_JOURNAL_PREFIX) and path.name.endswith(".tmp")):
             path.unlink(missing_ok=True)
     return notes
 
 
 def _journal_path(repository: Path, family: str) -> Path:
-    return repository / f"{JOURNAL_PREFIX}{family}.json"
+    return repository / f"{EXPORT_JOURNAL_PREFIX}{family}{EXPORT_JOURNAL_SUFFIX}"
 
 
 def _inode(path: Path) -> int | None:

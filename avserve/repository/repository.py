@@ -6,12 +6,18 @@ Each family exports one model per servable modality set (`zorro_av`, `zorro_audi
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from avserve.contract import EXPORT_JOURNAL_PREFIX, EXPORT_JOURNAL_SUFFIX
+
 from .errors import RepositoryError
 from .spec import ModelSpec, load_model_spec
+
+log = logging.getLogger("avserve.repository")
 
 
 @dataclass(frozen=True)
@@ -54,13 +60,31 @@ class Repository:
         return self.models[name] if name is not None else None
 
 
+def model_directories(repo_dir: Path) -> list[Path]:
+    """The model directories to read: every sub-directory but hidden ones (editor/VCS noise, an
+    exporter's staging) and the models of a family whose export is still swapping them in (a
+    pending journal, avserve.contract.EXPORT_JOURNAL_PREFIX: that family is half old, half new
+    until the export, or the next one, finishes)."""
+    mid_swap: set[str] = set()
+    for journal in repo_dir.glob(f"{EXPORT_JOURNAL_PREFIX}*{EXPORT_JOURNAL_SUFFIX}"):
+        try:
+            entry = json.loads(journal.read_text())
+            names = set(entry["install"]) | set(entry.get("remove", ()))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a journal being written: its swap has not begun
+        log.warning("%s: an export of these models did not finish; leaving out %s", journal, ", ".join(sorted(names)))
+        mid_swap |= names
+    return sorted(
+        p for p in repo_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in mid_swap
+    )
+
+
 def load_repository(repo_dir: Path) -> Repository:
     """Read every model under `repo_dir`; all problems are reported together in one error."""
     repo_dir = Path(repo_dir)
     if not repo_dir.is_dir():
         raise RepositoryError(f"{repo_dir}: model repository is not a directory")
-    # Triton treats every sub-directory as a model; hidden ones are editor/VCS noise.
-    model_dirs = sorted(p for p in repo_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    model_dirs = model_directories(repo_dir)
     if not model_dirs:
         raise RepositoryError(f"{repo_dir}: model repository has no models")
     specs: list[ModelSpec] = []

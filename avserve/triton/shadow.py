@@ -23,6 +23,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from avserve.contract import CONFIG_FILE, ONNX_FILENAME_PARAMETER, ONNX_MODEL_FILE
 from avserve.repository import ModelConfig, RepositoryError, read_model_config, write_model_config
+from avserve.repository.repository import model_directories
 from avserve.triton.python_model import MODEL_PY
 
 # Backends the bundled server has, served from the source files as they are.
@@ -55,7 +56,7 @@ def build_shadow_repository(source: Path, destination: Path) -> ShadowRepository
     rewritten: list[str] = []
     mirrored: list[str] = []
     skipped: dict[str, str] = {}
-    for model_dir in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for model_dir in model_directories(source):
         config = read_model_config(model_dir / CONFIG_FILE)
         backend = _backend_of(config)
         if backend == "onnxruntime":

@@ -202,3 +202,22 @@ def test_missing_or_empty_repository(tmp_path: Path) -> None:
     (tmp_path / "empty" / ".git").mkdir()  # hidden directories are not models
     with pytest.raises(RepositoryError, match="has no models"):
         load_repository(tmp_path / "empty")
+
+
+def test_a_family_an_export_is_still_swapping_in_is_left_out(tiny_repository: Path, tmp_path: Path) -> None:
+    """A pending `.export-<family>.json` (an export killed mid-swap, training/export.py) names
+    models that may be half old, half new: the loader and the local Triton's shadow skip them."""
+    import json
+
+    from avserve.triton.shadow import build_shadow_repository
+
+    journal = tiny_repository / ".export-tiny.json"
+    journal.write_text(json.dumps({"family": "tiny", "staging": "x", "install": {"tiny_av": 1}, "remove": []}))
+    repo = load_repository(tiny_repository)
+    assert sorted(repo.models) == ["tiny_audio"]
+    assert build_shadow_repository(tiny_repository, tmp_path / "shadow").models == ("tiny_audio",)
+    journal.write_text("{half a jour")  # still being written: its swap has not begun
+    assert sorted(load_repository(tiny_repository).models) == ["tiny_audio", "tiny_av"]
+    journal.write_text(json.dumps({"family": "tiny", "staging": "x", "install": {"tiny_av": 1}, "remove": ["tiny_audio"]}))
+    with pytest.raises(RepositoryError, match="has no models"):
+        load_repository(tiny_repository)
