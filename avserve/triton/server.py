@@ -61,7 +61,48 @@ PYTHON_ENV_TEMPLATE = b"/tmp/python_env_"
 PYTHON_ENV_PRIVATE = b"././/python_env_"  # -> <cwd>/python_env_XXXXXX
 
 
-class LocalTriton:
+class TritonEndpoints:
+    """Where a local Triton listens and logs: the URLs and log access LocalTriton and
+    SupervisedTriton share (they set `address`, the three ports and `log_path`)."""
+
+    address: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    log_path: Path | None
+
+    def _host(self) -> str:
+        return "127.0.0.1" if self.address in ("0.0.0.0", "") else self.address
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self._host()}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        # tritonclient.grpc takes host:port without a scheme.
+        return f"{self._host()}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self._host()}:{self.metrics_port}/metrics"
+
+    def log_text(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def __enter__(self):  # start() and stop() are the subclass's
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class LocalTriton(TritonEndpoints):
     def __init__(
         self,
         repository: Path | str,
@@ -100,20 +141,7 @@ class LocalTriton:
         self.startup_seconds: float | None = None
         self._shm_prefix = ""
 
-    # ---- where it listens ------------------------------------------------------------------
-
-    @property
-    def http_url(self) -> str:
-        return f"http://{self._host()}:{self.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        # tritonclient.grpc takes host:port without a scheme.
-        return f"{self._host()}:{self.grpc_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://{self._host()}:{self.metrics_port}/metrics"
+    # ---- where it runs ------------------------------------------------------------------------
 
     @property
     def pid(self) -> int | None:
@@ -174,26 +202,7 @@ class LocalTriton:
             raise LocalTritonError("the server is not running")
         return self._process.wait()
 
-    def __enter__(self) -> LocalTriton:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    # ---- logs ------------------------------------------------------------------------------
-
-    def log_text(self) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
-
     # ---- internals ---------------------------------------------------------------------------
-
-    def _host(self) -> str:
-        return "127.0.0.1" if self.address in ("0.0.0.0", "") else self.address
 
     def _prepare(self, install: TritonInstall) -> None:
         self._workdir = Path(tempfile.mkdtemp(prefix="avserve-triton-"))

@@ -34,7 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_wsgi_serv
 from avserve.processes import describe_exit
 
 from .install import LocalTritonError, TritonInstall, find_triton
-from .server import LocalTriton, _resolve_ports
+from .server import LocalTriton, TritonEndpoints, _resolve_ports
 from .shadow import ShadowRepository
 
 logger = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class SupervisorMetrics:
         )
 
 
-class SupervisedTriton:
+class SupervisedTriton(TritonEndpoints):
     """A `LocalTriton` that is restarted when it dies; same URLs, `start()`, `wait()`, `stop()`."""
 
     def __init__(
@@ -182,21 +182,6 @@ class SupervisedTriton:
         self._metrics_server = None
 
     # ---- where it listens ------------------------------------------------------------------
-
-    def _host(self) -> str:
-        return "127.0.0.1" if self.address in ("0.0.0.0", "") else self.address
-
-    @property
-    def http_url(self) -> str:
-        return f"http://{self._host()}:{self.http_port}"
-
-    @property
-    def grpc_url(self) -> str:
-        return f"{self._host()}:{self.grpc_port}"
-
-    @property
-    def metrics_url(self) -> str:
-        return f"http://{self._host()}:{self.metrics_port}/metrics"
 
     @property
     def supervisor_url(self) -> str | None:
@@ -277,22 +262,6 @@ class SupervisedTriton:
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
-
-    def __enter__(self) -> SupervisedTriton:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    # ---- logs ------------------------------------------------------------------------------
-
-    def log_text(self) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def log_tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
 
     # ---- the monitor thread ------------------------------------------------------------------
 
