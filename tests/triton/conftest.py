@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -324,3 +326,20 @@ def onnx_reference(module_repository: Path) -> Callable[[str, dict[str, np.ndarr
         return dict(zip(names, session.run(names, inputs)))
 
     return run
+
+
+@pytest.fixture
+def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every temp dir LocalTriton (and its supervisor) makes goes here, so a test can see that
+    none is left behind."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    return scratch
+
+
+@pytest.fixture
+def one_model_repository(tiny_repository: Path) -> Path:
+    shutil.rmtree(tiny_repository / "tiny_av")  # one model starts faster
+    return tiny_repository
+

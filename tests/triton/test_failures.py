@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,21 +11,6 @@ from avserve.repository import RepositoryError
 from avserve.triton import LocalTriton, LocalTritonError, TritonNotInstalledError, find_triton
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """LocalTriton's temp dirs go here, so the test can see that none is left behind."""
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    return scratch
-
-
-@pytest.fixture
-def one_model_repository(tiny_repository: Path) -> Path:
-    shutil.rmtree(tiny_repository / "tiny_av")  # one model loads faster
-    return tiny_repository
 
 
 def _assert_nothing_left(server: LocalTriton, scratch: Path, tiny) -> None:

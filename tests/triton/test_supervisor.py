@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -68,21 +66,6 @@ def test_exit_descriptions() -> None:
 
 
 # ---- real servers ---------------------------------------------------------------------------------
-
-@pytest.fixture
-def private_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every temp dir the supervisor and its servers make goes here."""
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
-    return scratch
-
-
-@pytest.fixture
-def one_model_repository(tiny_repository: Path) -> Path:
-    shutil.rmtree(tiny_repository / "tiny_av")  # one model starts faster
-    return tiny_repository
-
 
 def _eventually(condition: Callable[[], object], timeout: float, what: str) -> float:
     began = time.monotonic()
