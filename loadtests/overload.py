@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,7 @@ class OverloadRun:
     capacity: RunResult
     overload: RunResult
     health: list[tuple[int, float]]  # (status, seconds) of each /healthz poll during the overload
+    elapsed: float  # from the first arrival until the last answer (a backlog drains after the offer stops)
 
     @property
     def accepted(self) -> list:
@@ -63,7 +65,8 @@ class OverloadRun:
 
     @property
     def goodput(self) -> float:
-        return len(self.accepted) / self.overload.seconds
+        """Answers per second of the whole overload, its backlog's draining included."""
+        return len(self.accepted) / max(self.overload.seconds, self.elapsed)
 
     def line(self, label: str) -> str:
         cap, acc, shed = p99(self.capacity.samples), p99(self.accepted), p99(self.shed)
@@ -110,9 +113,11 @@ def measure(url: str, clip: Clip, multiple: float = 4.0, seconds: float = 8.0) -
             rate = len([s for s in capacity.samples if s.ok]) / capacity.seconds
             stop = asyncio.Event()
             health = asyncio.create_task(_health_during(url, stop))
+            began = time.perf_counter()
             overload = await fixed_rate(target, [clip], rate=multiple * rate, seconds=seconds, max_in_flight=1024, timeout=30)
+            elapsed = time.perf_counter() - began
             stop.set()
-            return OverloadRun(rate, capacity, overload, await health)
+            return OverloadRun(rate, capacity, overload, await health, elapsed)
         finally:
             await target.close()
 

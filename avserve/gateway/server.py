@@ -46,7 +46,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import signal
 import socket
+import threading
 import uuid
 from typing import Any
 
@@ -298,9 +300,27 @@ def run_gateway(app: Any, settings: GatewaySettings, *, host: str, port: int) ->
     config = server_config(app, settings, host=host, port=port)
     server = uvicorn.Server(config)
     sockets = bind_listeners(config, settings)
+    # uvicorn shuts down gracefully on SIGINT / SIGTERM, then raises the signal again with the
+    # handlers it found: a KeyboardInterrupt for SIGINT (uvicorn.run() swallows it, so do we),
+    # and for SIGTERM the default action, which would end a clean shutdown as "killed". Our
+    # handler turns that into a normal return: exit 0 after a graceful stop either way.
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stopped) if main_thread else None
     try:
         server.run(sockets=sockets)
+    except (KeyboardInterrupt, _Stopped):
+        pass
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         for sock in sockets:
             sock.close()
     return server.started
+
+
+class _Stopped(Exception):
+    """SIGTERM, raised again by uvicorn after its graceful shutdown."""
+
+
+def _stopped(signum: int, frame: object) -> None:
+    raise _Stopped

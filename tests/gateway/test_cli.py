@@ -99,3 +99,30 @@ def test_serve_logs_json_lines_with_request_ids(served, clips):
             time.sleep(0.05)
     entry = json.loads(next(line for line in lines if "cli-log-1" in line))
     assert entry["request_id"] == "cli-log-1" and entry["status"] == 200 and entry["model"] == f"{FAMILY}_audio"
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_serve_stops_cleanly(serving_repository, tmp_path, stop_signal):
+    """Ctrl-C or SIGTERM: a graceful shutdown, exit 0, no traceback, and no process of the
+    gateway's left (its media workers, their forkserver and resource tracker are reaped)."""
+    port = free_port()
+    env = {**os.environ, "AVSERVE_UPLOAD_DIR": str(tmp_path)}
+    process = subprocess.Popen(
+        [AVSERVE, "serve", "--repository", str(serving_repository), "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+        time.sleep(0.1)
+    process.send_signal(stop_signal)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "Traceback" not in output and "Application shutdown complete" in output
+    group = subprocess.run(["ps", "-o", "pid=,stat=", "-g", str(process.pid)], capture_output=True, text=True).stdout
+    assert group.strip() == "", group  # not even a zombie
