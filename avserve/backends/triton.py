@@ -255,6 +255,14 @@ class TritonBackend(InferenceBackend):
         except (grpc.RpcError, grpc.aio.UsageError) as error:
             # The channel was closed under the call (backend closed, or client replaced).
             raise BackendUnavailable(f"{what}: connection to Triton lost: {error}") from None
+        except asyncio.CancelledError:
+            # gRPC cancels the calls of a channel that is closed under them (a lost server's
+            # client replaced by another request): Triton went away, not this request. Only a
+            # cancellation of our own task (a deadline, a client that left) goes on as one.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise
+            raise BackendUnavailable(f"{what}: connection to Triton lost (the call was cancelled)") from None
 
     def _retry_after(self, model: str) -> float:
         """A recent request's latency: about when the requests ahead will have been answered."""

@@ -195,3 +195,27 @@ def test_classification_strings_give_labels_by_index() -> None:
     assert parse_classification(entries, 3, "m") == ["dog", "a:b", "rain"]
     with pytest.raises(RepositoryError, match="without labels"):
         parse_classification(np.array([b"0.9:2"], dtype=object), 1, "m")
+
+
+def test_a_call_its_channel_cancels_is_backend_unavailable_not_a_crash():
+    """gRPC cancels the calls of a channel closed under them (the lost server's client replaced):
+    that is Triton going away, a 503, not the request's cancellation escaping as a 500. A real
+    cancellation of the request's own task (its deadline, its client gone) still propagates."""
+    backend = TritonBackend("127.0.0.1:1", TritonSettings(startup_timeout=1))
+
+    async def run() -> None:
+        with pytest.raises(BackendUnavailable, match="connection to Triton lost"):
+            with backend._mapped_errors(None, "zorro_tiny_av"):
+                raise asyncio.CancelledError()  # what grpc.aio raises when its channel closes
+
+        async def waiting() -> None:
+            with backend._mapped_errors(None, "zorro_tiny_av"):
+                await asyncio.sleep(30)
+
+        task = asyncio.ensure_future(waiting())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())

@@ -377,6 +377,8 @@ def test_monitor_command_runs_prometheus_with_the_shipped_rules_until_interrupte
             match = re.search(r"Prometheus ready at (http://127\.0\.0\.1:\d+)", line)
             url = match.group(1) if match else None
         assert url, "".join(output)
+        while not output[-1].startswith("Press Ctrl-C") and time.monotonic() < deadline:
+            output.append(process.stdout.readline())  # the rest of the announcement: SIGINT after it
         health: dict = {}
         while health.get("triton-supervisor") != "up" and time.monotonic() < deadline:
             time.sleep(0.2)  # the scrape manager starts just after /-/ready; then a first scrape
