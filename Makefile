@@ -12,10 +12,10 @@ demo: setup
 	bash scripts/demo.sh
 
 test: setup
-	$(VENV_BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+	$(VENV_BIN)/python -m pytest -n 2 --dist worksteal $(PYTEST_ARGS)
 
 test-fast: setup
-	$(VENV_BIN)/python -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+	$(VENV_BIN)/python -m pytest -n 2 --dist worksteal -m "not slow" $(PYTEST_ARGS)
 
 # Re-pin every dependency from a full install (commit the result).
 lock: setup
