@@ -33,7 +33,9 @@ import math
 import multiprocessing
 import os
 import resource
+import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -102,6 +104,7 @@ class MediaWorkers:
     def start(self) -> None:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(list(PRELOAD))
+        _short_multiprocessing_tempdir()
         _reap_helpers_at_exit()
         self._pool = pebble.ProcessPool(
             max_workers=self.processes,
@@ -138,7 +141,7 @@ class MediaWorkers:
                 _call, args=(function, args, kwargs, self.cpu_seconds, self.crash_suffix), timeout=timeout
             )
         except RuntimeError as error:  # the pool is closed or broken
-            raise MediaWorkersUnavailable(f"the media workers are not running: {error}") from None
+            raise MediaWorkersUnavailable(f"the media workers are not running: {error!r}") from None
         with self._lock:
             self.stats.calls += 1
         try:
@@ -156,7 +159,7 @@ class MediaWorkers:
                 self._failed("memory_limit")
             raise
         except (BrokenExecutor, OSError, EOFError) as error:  # workers that cannot even start
-            raise MediaWorkersUnavailable(f"the media workers failed: {error}") from None
+            raise MediaWorkersUnavailable(f"the media workers failed: {error!r}") from None
         return WorkerResult(value, seconds)
 
     def _blame(self, expired: pebble.ProcessExpired) -> MediaError:
@@ -173,6 +176,28 @@ class MediaWorkers:
     def _failed(self, reason: str) -> None:
         with self._lock:
             self.stats.failures[reason] = self.stats.failures.get(reason, 0) + 1
+
+
+# A Unix socket's path is at most 107 bytes. The forkserver listens on one inside
+# multiprocessing's temp dir (a pymp-* dir in TMPDIR), so a long TMPDIR (a CI's nested temp
+# dirs) would keep the workers from ever starting.
+_SOCKET_DIR_MAX = 64
+
+
+def _short_multiprocessing_tempdir() -> None:
+    """Give multiprocessing a temp dir short enough for the forkserver's socket path (only when
+    TMPDIR is too long, and before anything has created one)."""
+    config = multiprocessing.current_process()._config
+    if config.get("tempdir") is not None or len(tempfile.gettempdir()) <= _SOCKET_DIR_MAX - 14:
+        return
+    for base in ("/tmp", "/dev/shm"):
+        try:
+            directory = tempfile.mkdtemp(prefix="pymp-", dir=base)
+        except OSError:
+            continue
+        config["tempdir"] = directory
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        return
 
 
 _helpers_reaped_at_exit = False

@@ -22,28 +22,32 @@ def run_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run([AVSERVE, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
-@pytest.fixture(scope="module")
-def served(serving_repository, tmp_path_factory):
-    """`avserve serve` in its own process, on a free port."""
+def start_serving(repository, env: dict[str, str], **popen) -> tuple[str, subprocess.Popen]:
+    """`avserve serve` (embedded backend) in its own process on a free port, once /readyz answers."""
     port = free_port()
-    upload_dir = tmp_path_factory.mktemp("cli_uploads")
-    env = {**os.environ, "AVSERVE_UPLOAD_DIR": str(upload_dir), "AVSERVE_DEFAULT_MODEL": FAMILY}
     process = subprocess.Popen(
-        [AVSERVE, "serve", "--repository", str(serving_repository), "--port", str(port), "--backend", "embedded"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [AVSERVE, "serve", "--repository", str(repository), "--port", str(port), "--backend", "embedded"],
+        env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
         try:
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                break
+                return url, process
         except httpx.HTTPError:
             pass
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             raise RuntimeError(f"avserve serve did not become ready:\n{process.stdout.read()}")
         time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def served(serving_repository, tmp_path_factory):
+    """`avserve serve` in its own process, on a free port."""
+    upload_dir = tmp_path_factory.mktemp("cli_uploads")
+    url, process = start_serving(serving_repository, {"AVSERVE_UPLOAD_DIR": str(upload_dir), "AVSERVE_DEFAULT_MODEL": FAMILY})
     yield url, process
     process.send_signal(signal.SIGINT)
     try:
@@ -105,21 +109,7 @@ def test_serve_logs_json_lines_with_request_ids(served, clips):
 def test_serve_stops_cleanly(serving_repository, tmp_path, stop_signal):
     """Ctrl-C or SIGTERM: a graceful shutdown, exit 0, no traceback, and no process of the
     gateway's left (its media workers, their forkserver and resource tracker are reaped)."""
-    port = free_port()
-    env = {**os.environ, "AVSERVE_UPLOAD_DIR": str(tmp_path)}
-    process = subprocess.Popen(
-        [AVSERVE, "serve", "--repository", str(serving_repository), "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
-        time.sleep(0.1)
+    _, process = start_serving(serving_repository, {"AVSERVE_UPLOAD_DIR": str(tmp_path)}, start_new_session=True)
     process.send_signal(stop_signal)
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output

@@ -118,3 +118,25 @@ def test_a_cancelled_call_stops_its_worker(workers, clip):
     began = time.monotonic()
     asyncio.run(run())
     assert time.monotonic() - began < 10 and workers.stats.failures == {"cancelled": 1}
+
+
+def test_workers_start_under_a_long_tmpdir(tmp_path):
+    """The forkserver's Unix socket lives in TMPDIR; a path past 107 bytes (nested CI temp dirs)
+    would keep every worker from starting, and the gateway with them."""
+    import subprocess
+    import sys
+
+    long_tmp = tmp_path / ("x" * 60) / ("y" * 60)
+    long_tmp.mkdir(parents=True)
+    code = (
+        "import asyncio, os\n"
+        "from avserve.media.workers import MediaWorkers\n"
+        "workers = MediaWorkers(1)\n"
+        "workers.start()\n"
+        "print(asyncio.run(workers.run(os.getpid)).value != os.getpid())\n"
+        "workers.close()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "TMPDIR": str(long_tmp)})  # fmt: skip
+    assert result.returncode == 0 and result.stdout.strip() == "True", result.stderr[-2000:]
+    assert list(long_tmp.iterdir()) == []
