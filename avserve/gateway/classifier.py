@@ -6,6 +6,10 @@ file that needs more memory or CPU time than a worker may use, fails its own req
 The pool's size bounds how many probes and decodes run at once; admission control in front of
 it (avserve.gateway.admission) keeps the queue short, and each request reports its worker time
 to it through its ticket.
+
+A request makes one worker call that opens the file once (avserve.media.reader): the route
+depends on which streams decode, so we send the decode each possible route would need and the
+worker picks after probing.
 """
 
 from __future__ import annotations
@@ -20,9 +24,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from avserve.backends.base import BackendError, InferenceBackend
-from avserve.media import (
-    DecodedAudio, DecodedVideo, MediaError, MediaInfo, MediaLimits, decode_audio, decode_video, probe,
-)
+from avserve.media import DecodedAudio, DecodedVideo, MediaError, MediaInfo, MediaLimits
+from avserve.media.reader import AudioInput, ClipWindow, DecodePlan, MediaRead, VideoInput, WindowPlan, read_media
+from avserve.media.video import Sampling
 from avserve.media.workers import MediaWorkers, MediaWorkersUnavailable
 from avserve.repository import ModelSpec, RepositoryError
 from avserve.contract import AUDIO, VIDEO, head_output
@@ -45,8 +49,8 @@ from .schemas import (
 from .upload import Upload
 
 T = TypeVar("T")
-# A window shorter than this would round to no audio sample / no frame period at all.
-_MIN_WINDOW_SECONDS = 1e-3
+# Every set of streams a file can turn out to have; the worker decodes for the one it finds.
+_STREAM_SETS = (frozenset({AUDIO, VIDEO}), frozenset({AUDIO}), frozenset({VIDEO}))
 
 
 @dataclass(frozen=True)
@@ -56,12 +60,10 @@ class ClassifyParams:
     top_k: int
     start: float
     duration: float | None
+    sampling: Sampling = "exact"
 
 
-@dataclass(frozen=True)
-class Window:
-    start: float
-    duration: float | None  # None: to the end of the clip (models without a fixed length)
+Window = ClipWindow
 
 
 @dataclass
@@ -80,6 +82,9 @@ class _MediaWork:
     seconds: float = 0.0
     # Damaged packets the decodes skipped, per decoded modality: (packets, bytes).
     skipped: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # The video's sampling mode and its chosen frames' largest distance from their targets (s).
+    video_sampling: str | None = None
+    max_frame_offset: float = 0.0
 
 
 class Classifier:
@@ -108,22 +113,28 @@ class Classifier:
         `ticket` (admission control) learns the worker time the media stage took."""
         timings = {"upload": upload.seconds}
         work = _MediaWork(deadline)
+        repository = self.backend.repository
 
         stage = time.perf_counter()
-        info = await self._media(work, probe, upload.path, self.limits)
-        timings["probe"] = time.perf_counter() - stage
-
-        present = frozenset(m for m, has in ((AUDIO, info.has_audio), (VIDEO, info.has_video)) if has)
-        route = choose_route(self.backend.repository, params.family, present, params.modality)
+        plans = {present: plan for present in _STREAM_SETS if (plan := self._plan(present, params)) is not None}
+        read = await self._media(work, read_media, upload.path, plans, self.limits)
+        info, present = read.info, read.present
+        route = choose_route(repository, params.family, present, params.modality)
         if on_route is not None:
             on_route(route)
         spec = route.spec
         windows = plan_windows(spec, info.duration, params.start, params.duration, self.max_windows)
+        if read.windows is None or read.windows != windows:
+            # Route and windows are fine, so the plan itself failed: a model whose shapes do not
+            # fit (raised here), or a mismatch that is a bug.
+            self._plan_for(route, params)
+            raise ApiError(500, "internal_error", "the media plan did not match the route")
         self.metrics.windows.observe(len(windows))
-
-        stage = time.perf_counter()
-        batches = await self._decode(work, upload, route, windows)
-        timings["decode"] = time.perf_counter() - stage
+        # The worker's own clock splits the stage; queueing for a worker counts as probe time.
+        elapsed = time.perf_counter() - stage
+        timings["probe"] = max(0.0, elapsed - read.decode_seconds)
+        timings["decode"] = read.decode_seconds
+        batches = self._batches(work, route, read)
         if ticket is not None:
             ticket.media_done(work.seconds)
 
@@ -154,7 +165,7 @@ class Classifier:
             predictions=_top(answer, labels, top_k),
             heads={head: _top(scores, labels, top_k) for head, scores in heads.items()} or None,
             windows=[ScoredWindow(start=w.start, duration=_window_length(w, info)) for w in windows],
-            media=_summary(info, work.skipped),
+            media=_summary(info, work),
             timings_ms=Timings(**{name: round(seconds * 1000, 3) for name, seconds in timings.items()}),
         )
         _count_skipped(self.metrics, response.media)
@@ -175,29 +186,45 @@ class Classifier:
         work.seconds += result.seconds
         return result.value
 
-    async def _decode(self, work: _MediaWork, upload: Upload, route: Route, windows: list[Window]) -> list[dict[str, np.ndarray]]:
+    def _plan(self, present: frozenset[str], params: ClassifyParams) -> DecodePlan | None:
+        """What to decode if the file turns out to have `present`; None when that has no route
+        (the request then fails after the probe, with the route's own error)."""
+        try:
+            route = choose_route(self.backend.repository, params.family, present, params.modality)
+            return self._plan_for(route, params)
+        except ApiError:
+            return None
+
+    def _plan_for(self, route: Route, params: ClassifyParams) -> DecodePlan:
         spec = route.spec
-        jobs: list[Awaitable[np.ndarray]] = []
-        for window in windows:
-            if AUDIO in route.used:
-                jobs.append(self._decode_audio(work, upload, spec, window))
-            if VIDEO in route.used:
-                jobs.append(self._decode_video(work, upload, spec, window))
-        decoded = iter(await _all(jobs))
+        audio = video = None
+        if AUDIO in route.used:
+            assert spec.sample_rate is not None  # the repository requires it of audio models
+            audio = AudioInput(spec.sample_rate)
+        if VIDEO in route.used:
+            frames, height, width, _ = _checked(spec.input_shape, VIDEO)
+            video = VideoInput(frames, height, width, params.sampling)
+        return DecodePlan(audio, video, WindowPlan(spec.window_seconds, params.start, params.duration, self.max_windows))
+
+    def _batches(self, work: _MediaWork, route: Route, read: MediaRead) -> list[dict[str, np.ndarray]]:
+        """One input dict per window: the decoded modalities, the absent ones zero-filled."""
+        spec = route.spec
         batches = []
-        for _ in windows:
-            inputs = {modality: next(decoded) for modality in sorted(route.used)}
+        for index in range(len(read.windows or ())):
+            inputs: dict[str, np.ndarray] = {}
+            if AUDIO in route.used:
+                inputs[AUDIO] = self._audio_input(work, spec, read.audio[index])
+            if VIDEO in route.used:
+                _tally_skipped(work, VIDEO, read.video[index])
+                work.video_sampling = read.video[index].sampling
+                work.max_frame_offset = max(work.max_frame_offset, read.video[index].max_offset)
+                inputs[VIDEO] = read.video[index].frames[np.newaxis]
             if route.zero_filled:
                 inputs.update(_checked(spec.zero_inputs, rows=1, names=sorted(route.zero_filled)))
             batches.append(inputs)
         return batches
 
-    async def _decode_audio(self, work: _MediaWork, upload: Upload, spec: ModelSpec, window: Window) -> np.ndarray:
-        assert spec.sample_rate is not None  # the repository requires it of audio models
-        audio = await self._media(
-            work, decode_audio, upload.path, sample_rate=spec.sample_rate, start=window.start,
-            duration=window.duration, limits=self.limits,
-        )  # fmt: skip
+    def _audio_input(self, work: _MediaWork, spec: ModelSpec, audio: DecodedAudio) -> np.ndarray:
         _tally_skipped(work, AUDIO, audio)
         samples = audio.samples
         wanted = spec.clip_samples
@@ -206,15 +233,6 @@ class Classifier:
             # silence after it, as the model saw for clips shorter than clip_seconds in training.
             samples = np.concatenate([samples, np.zeros(max(0, wanted - len(samples)), np.float32)])[:wanted]
         return samples[np.newaxis].astype(np.float32, copy=False)
-
-    async def _decode_video(self, work: _MediaWork, upload: Upload, spec: ModelSpec, window: Window) -> np.ndarray:
-        frames, height, width, _ = _checked(spec.input_shape, VIDEO)
-        video = await self._media(
-            work, decode_video, upload.path, num_frames=frames, size=(height, width), start=window.start,
-            duration=window.duration, limits=self.limits,
-        )  # fmt: skip
-        _tally_skipped(work, VIDEO, video)
-        return video.frames[np.newaxis]
 
     async def _infer(self, spec: ModelSpec, inputs: dict[str, np.ndarray], deadline: float) -> dict[str, np.ndarray]:
         try:
@@ -229,34 +247,12 @@ class Classifier:
 def plan_windows(
     spec: ModelSpec, media_duration: float | None, start: float, duration: float | None, max_windows: int
 ) -> list[Window]:
-    """Cover `[start, start + duration)` with windows of the model's clip length.
-
-    Without `duration` one model-length window is scored. A span longer than the model's
-    clip is split into consecutive windows whose scores are averaged; the span is first cut
-    at the end of the clip, so asking for "60 s" of a 5 s file scores the 5 s there are.
-    """
-    if media_duration is not None and start >= media_duration:
-        raise ApiError(
-            422, "invalid_window", f"start {start} s is past the end of the clip ({media_duration:.3f} s)"
-        )
-    length = spec.window_seconds
-    if length is None:  # the model takes any length: score the requested span at once
-        return [Window(start, duration)]
-    span = length if duration is None else duration
-    if duration is not None and media_duration is not None:
-        span = min(span, media_duration - start)
-    count = max(1, math.ceil(span / length - 1e-9))
-    if count > max_windows:
-        raise ApiError(
-            422,
-            "invalid_window",
-            f"duration {duration} s needs {count} windows of {length} s, more than the limit of {max_windows}",
-        )
-    windows = []
-    for index in range(count):
-        offset = index * length
-        windows.append(Window(start + offset, max(_MIN_WINDOW_SECONDS, min(length, span - offset))))
-    return windows
+    """The model-length windows covering `[start, start + duration)` (see WindowPlan.windows);
+    a span that does not fit is a 422 `invalid_window`."""
+    try:
+        return WindowPlan(spec.window_seconds, start, duration, max_windows).windows(media_duration)
+    except MediaError as error:
+        raise media_error(error) from None
 
 
 def _window_length(window: Window, info: MediaInfo) -> float:
@@ -299,8 +295,9 @@ def _tally_skipped(work: _MediaWork, modality: str, decoded: DecodedAudio | Deco
     work.skipped[modality] = (packets + decoded.skipped_packets, size + decoded.skipped_bytes)
 
 
-def _summary(info: MediaInfo, skipped: dict[str, tuple[int, int]]) -> MediaSummary:
+def _summary(info: MediaInfo, work: _MediaWork) -> MediaSummary:
     """What the probe found; skipped packets as the decodes counted them (the probe's for a stream not decoded)."""
+    skipped = work.skipped
     audio = video = None
     if info.audio is not None:
         packets, size = skipped.get(AUDIO, (info.audio.skipped_packets, info.audio.skipped_bytes))
@@ -312,7 +309,8 @@ def _summary(info: MediaInfo, skipped: dict[str, tuple[int, int]]) -> MediaSumma
         packets, size = skipped.get(VIDEO, (info.video.skipped_packets, info.video.skipped_bytes))
         video = VideoSummary(
             codec=info.video.codec, width=info.video.display_width, height=info.video.display_height, fps=info.video.fps,
-            skipped_packets=packets, skipped_bytes=size,
+            skipped_packets=packets, skipped_bytes=size, sampling=work.video_sampling,
+            max_frame_offset_ms=round(work.max_frame_offset * 1000, 3) if work.video_sampling else None,
         )  # fmt: skip
     return MediaSummary(
         container=info.container, duration=info.duration, size_bytes=info.size_bytes, audio=audio, video=video

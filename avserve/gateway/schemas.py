@@ -72,6 +72,13 @@ class VideoSummary(BaseModel):
     fps: float | None
     skipped_packets: int = Field(0, description=_SKIPPED_PACKETS)
     skipped_bytes: int = Field(0, description="Size of the skipped packets.")
+    sampling: Literal["exact", "fast"] | None = Field(
+        None, description="How frames were chosen: `exact` (on screen at each sample time) or `fast` (nearest keyframe); "
+        "null when the video was not decoded."
+    )
+    max_frame_offset_ms: float | None = Field(
+        None, description="Largest distance between a sample time and the time its frame is shown from."
+    )
 
 
 class MediaSummary(BaseModel):

@@ -40,6 +40,10 @@ class GatewaySettings(BaseSettings):
     # ---- work per request -----------------------------------------------------------------
     request_timeout_seconds: float = Field(30.0, gt=0, description="Deadline of one request, upload included (504).")
     max_windows: int = Field(8, ge=1, description="Most model-length windows one request may average over.")
+    frame_sampling: Literal["exact", "fast"] = Field(
+        "exact",
+        description="Default frame choice (the `sampling` parameter): `exact` frames, or the nearest keyframe (`fast`).",
+    )
     max_in_flight_requests: int = Field(
         256, ge=1, description="Classify requests in progress before new ones are shed with 429."
     )

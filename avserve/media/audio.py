@@ -65,15 +65,30 @@ def decode_audio(
     converted by FFmpeg's resampler (`av.AudioResampler`). Packets that fail to decode are
     skipped and counted, up to the limits (then TOO_MANY_BAD_PACKETS).
     """
+    with open_media(path, limits) as container:
+        return decode_audio_from(container, sample_rate=sample_rate, start=start, duration=duration, limits=limits)
+
+
+def decode_audio_from(
+    container: InputContainer,
+    *,
+    sample_rate: int,
+    start: float = 0.0,
+    duration: float | None = None,
+    limits: MediaLimits = DEFAULT_LIMITS,
+) -> DecodedAudio:
+    """`decode_audio` on a container opened with `open_media`, read from its start (a window
+    that starts later seeks). Use a fresh container: FFmpeg's AAC decoder keeps some state
+    across a flush, so audio decoded after a probe on the same container differs (by up to
+    1e-3) from what training decoded."""
     if sample_rate < 1:
         raise ValueError(f"sample_rate must be >= 1, got {sample_rate}")
-    with open_media(path, limits) as container:
-        stream = select_stream(container, "audio")
-        if stream is None:
-            raise MediaError(ErrorCode.NO_AUDIO_STREAM, "the file has no decodable audio stream")
-        window = resolve_window(start, duration, stream_end(container, stream), limits)
-        skipper = PacketSkipper("audio", limits)
-        pcm, pcm_start = _decode_mono(container, stream, window, sample_rate, skipper)
+    stream = select_stream(container, "audio")
+    if stream is None:
+        raise MediaError(ErrorCode.NO_AUDIO_STREAM, "the file has no decodable audio stream")
+    window = resolve_window(start, duration, stream_end(container, stream), limits)
+    skipper = PacketSkipper("audio", limits)
+    pcm, pcm_start = _decode_mono(container, stream, window, sample_rate, skipper)
 
     wanted = round(window.duration * sample_rate)
     # Align the decoded audio to the window: drop what precedes it, or, if the stream

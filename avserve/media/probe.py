@@ -98,37 +98,42 @@ def probe(path: str | os.PathLike[str], limits: MediaLimits = DEFAULT_LIMITS) ->
     """
     path = Path(path)
     with open_media(path, limits) as container:
-        audio_stream = select_stream(container, "audio")
-        video_stream = select_stream(container, "video")
-        skippers = {
-            stream.index: PacketSkipper(kind, limits, strict=False)
-            for kind, stream in (("audio", audio_stream), ("video", video_stream))
-            if stream is not None
-        }
-        first_frames = _first_frames(container, [s for s in (audio_stream, video_stream) if s], skippers)
+        return probe_container(container, path, limits)
 
-        audio = video = None
-        if audio_stream is not None and audio_stream.index in first_frames:
-            frame = first_frames[audio_stream.index]
-            assert isinstance(frame, AudioFrame)
-            audio = _audio_info(audio_stream, container, frame, skippers[audio_stream.index])
-        if video_stream is not None and video_stream.index in first_frames:
-            frame = first_frames[video_stream.index]
-            assert isinstance(frame, VideoFrame)
-            check_frame_pixels(frame.width, frame.height, limits)
-            video = _video_info(video_stream, container, frame, skippers[video_stream.index])
-        if audio is None and video is None:
-            raise MediaError(
-                ErrorCode.NO_DECODABLE_STREAM, "the file has no audio or video stream we can decode"
-            )
-        return MediaInfo(
-            path=str(path),
-            container=container.format.name,
-            size_bytes=path.stat().st_size,
-            duration=container_duration(container),
-            audio=audio,
-            video=video,
+
+def probe_container(container: InputContainer, path: Path, limits: MediaLimits = DEFAULT_LIMITS) -> MediaInfo:
+    """`probe` on a container opened with `open_media` (it reads packets from the current position)."""
+    audio_stream = select_stream(container, "audio")
+    video_stream = select_stream(container, "video")
+    skippers = {
+        stream.index: PacketSkipper(kind, limits, strict=False)
+        for kind, stream in (("audio", audio_stream), ("video", video_stream))
+        if stream is not None
+    }
+    first_frames = _first_frames(container, [s for s in (audio_stream, video_stream) if s], skippers)
+
+    audio = video = None
+    if audio_stream is not None and audio_stream.index in first_frames:
+        frame = first_frames[audio_stream.index]
+        assert isinstance(frame, AudioFrame)
+        audio = _audio_info(audio_stream, container, frame, skippers[audio_stream.index])
+    if video_stream is not None and video_stream.index in first_frames:
+        frame = first_frames[video_stream.index]
+        assert isinstance(frame, VideoFrame)
+        check_frame_pixels(frame.width, frame.height, limits)
+        video = _video_info(video_stream, container, frame, skippers[video_stream.index])
+    if audio is None and video is None:
+        raise MediaError(
+            ErrorCode.NO_DECODABLE_STREAM, "the file has no audio or video stream we can decode"
         )
+    return MediaInfo(
+        path=str(path),
+        container=container.format.name,
+        size_bytes=path.stat().st_size,
+        duration=container_duration(container),
+        audio=audio,
+        video=video,
+    )
 
 
 def _first_frames(

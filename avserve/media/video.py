@@ -1,4 +1,12 @@
-"""Sampling N frames uniformly over a window, resized and centre-cropped to RGB arrays."""
+"""Sampling N frames uniformly over a window, resized and centre-cropped to RGB arrays.
+
+Two ways to pick the frame for each target time (`sampling`):
+  exact  the frame on screen at the target: decode forward from the keyframe before it.
+  fast   the keyframe nearest the target, when one lies within a segment's length of it
+         (else the exact frame): only keyframes are decoded (FFmpeg's `skip_frame`), so a
+         phone clip with a 2 s GOP costs a handful of intra frames instead of whole GOPs.
+         `DecodedVideo.targets` next to `.timestamps` says how far each choice landed.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +16,11 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from av.container import InputContainer
+from av.packet import Packet
 from av.stream import Stream
 from av.video.frame import VideoFrame
 
@@ -22,7 +32,7 @@ from ._container import (
     select_stream,
     stream_end,
 )
-from ._packets import PacketSkipper
+from ._packets import PACKET_ERRORS, PacketSkipper
 from ._window import Window, resolve_window
 from .errors import ErrorCode, MediaError
 from .limits import DEFAULT_LIMITS, MediaLimits
@@ -31,6 +41,9 @@ from .rotation import frame_rotation, rotate_upright
 # A frame whose timestamp is within this of a target counts as shown at the target;
 # absorbs float rounding of pts * time_base (a microsecond is far below any frame period).
 _TIME_EPSILON = 1e-6
+
+Sampling = Literal["exact", "fast"]
+SAMPLING_MODES: tuple[Sampling, ...] = ("exact", "fast")
 
 
 @dataclass(frozen=True)
@@ -43,6 +56,20 @@ class DecodedVideo:
     # MediaLimits.max_bad_packets / max_bad_packet_bytes): the frame before stays on screen.
     skipped_packets: int = 0
     skipped_bytes: int = 0
+    sampling: Sampling = "exact"
+    # float64 [N]: the clip times the frames were sampled for (segment centres); with `fast`
+    # sampling `timestamps - targets` is how far each chosen keyframe landed from its target.
+    targets: np.ndarray | None = None
+
+    @property
+    def max_offset(self) -> float:
+        """Largest distance (s) between a target and the time its frame was shown from.
+
+        With `exact` sampling it is under a frame period (the frame on screen at the target
+        was shown a little before it)."""
+        if self.targets is None or not len(self.targets):
+            return 0.0
+        return float(np.max(np.abs(self.timestamps - self.targets)))
 
 
 def decode_video(
@@ -53,6 +80,7 @@ def decode_video(
     start: float = 0.0,
     duration: float | None = None,
     limits: MediaLimits = DEFAULT_LIMITS,
+    sampling: Sampling = "exact",
 ) -> DecodedVideo:
     """Sample `num_frames` frames uniformly over `[start, start + duration)`.
 
@@ -62,27 +90,47 @@ def decode_video(
     `size` -- an int for a square, or (height, width) -- and centre-cropped.
     With `duration=None` the window runs to the end, at most `limits.max_decode_seconds`.
     Packets that fail to decode are skipped and counted, up to the limits (then
-    TOO_MANY_BAD_PACKETS).
+    TOO_MANY_BAD_PACKETS). `sampling` is "exact" or "fast" (see the module docstring).
     """
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    out_height, out_width = (size, size) if isinstance(size, int) else size
-    if out_height < 1 or out_width < 1:
-        raise ValueError(f"size must be positive, got {size}")
-
+    _check_arguments(num_frames, size, sampling)  # before opening: a caller's error is not the file's
     with open_media(path, limits) as container:
-        stream = select_stream(container, "video")
-        if stream is None:
-            raise MediaError(ErrorCode.NO_VIDEO_STREAM, "the file has no decodable video stream")
-        clip_end = stream_end(container, stream)
-        window = resolve_window(start, duration, clip_end, limits)
-        if clip_end is not None:
-            window = Window(window.start, min(window.end, clip_end), window.padded)
-        targets = segment_centres(window, num_frames)
-        skipper = PacketSkipper("video", limits)
+        return decode_video_from(
+            container, num_frames=num_frames, size=size, start=start, duration=duration, limits=limits,
+            sampling=sampling,
+        )  # fmt: skip
+
+
+def decode_video_from(
+    container: InputContainer,
+    *,
+    num_frames: int,
+    size: int | tuple[int, int],
+    start: float = 0.0,
+    duration: float | None = None,
+    limits: MediaLimits = DEFAULT_LIMITS,
+    sampling: Sampling = "exact",
+) -> DecodedVideo:
+    """`decode_video` on a container opened with `open_media` (it may have been read already:
+    every target is reached by seeking)."""
+    out_height, out_width = _check_arguments(num_frames, size, sampling)
+
+    stream = select_stream(container, "video")
+    if stream is None:
+        raise MediaError(ErrorCode.NO_VIDEO_STREAM, "the file has no decodable video stream")
+    clip_end = stream_end(container, stream)
+    window = resolve_window(start, duration, clip_end, limits)
+    if clip_end is not None:
+        window = Window(window.start, min(window.end, clip_end), window.padded)
+    targets = segment_centres(window, num_frames)
+    skipper = PacketSkipper("video", limits)
+    if sampling == "fast":
+        # A keyframe further than one segment from its target would stand for the wrong
+        # part of the window: that target gets its exact frame instead.
+        shown = _keyframes_near(container, stream, targets, window.duration / num_frames, limits, skipper)
+    else:
         shown = _frames_shown_at(container, stream, targets, limits, skipper)
-        rotation = frame_rotation(shown[0][0], stream)
-        frames = _to_rgb_batch([frame for frame, _ in shown], rotation, out_height, out_width)
+    rotation = frame_rotation(shown[0][0], stream)
+    frames = _to_rgb_batch([frame for frame, _ in shown], rotation, out_height, out_width)
 
     first = shown[0][0]
     upright = (first.width, first.height) if rotation in (90, 270) else (first.height, first.width)
@@ -93,7 +141,21 @@ def decode_video(
         rotation=rotation,
         skipped_packets=skipper.packets,
         skipped_bytes=skipper.bytes,
+        sampling=sampling,
+        targets=np.array(targets, dtype=np.float64),
     )
+
+
+def _check_arguments(num_frames: int, size: int | tuple[int, int], sampling: str) -> tuple[int, int]:
+    """The output (height, width); ValueError for arguments no file could satisfy."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if sampling not in SAMPLING_MODES:
+        raise ValueError(f"sampling must be one of {SAMPLING_MODES}, got {sampling!r}")
+    out_height, out_width = (size, size) if isinstance(size, int) else size
+    if out_height < 1 or out_width < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    return out_height, out_width
 
 
 def segment_centres(window: Window, count: int) -> list[float]:
@@ -145,6 +207,73 @@ def _frames_shown_at(
             raise MediaError(ErrorCode.CORRUPT_MEDIA, "no video frame could be decoded")
         shown.append(choice)
     return shown
+
+
+def _keyframes_near(
+    container: InputContainer,
+    stream: Stream,
+    targets: list[float],
+    tolerance: float,
+    limits: MediaLimits,
+    skipper: PacketSkipper,
+) -> list[tuple[VideoFrame, float]]:
+    """For each target (sorted), the keyframe nearest it when one lies within `tolerance`,
+    else the frame on screen at the target (as `_frames_shown_at`).
+
+    Keyframes are chosen from the packets (demuxing is cheap) and only the chosen ones are
+    decoded, each alone: decode, drain, flush. That avoids both the decoder's reordering
+    delay (with B-frames it holds a keyframe back until later ones arrive) and seeks, which
+    in mp4 land a keyframe early. A keyframe chosen for several targets decodes once.
+    """
+    origin = clip_origin(container)
+    time_base = float(stream.time_base) if stream.time_base is not None else None
+    chosen_packets: dict[int, tuple[Packet, float]] = {}
+    if time_base is not None:
+        seek_to(container, stream, max(0.0, targets[0] - tolerance - _KeyframeIndex.of(container, stream).decode_lag))
+        for packet in container.demux(stream):
+            if not packet.is_keyframe or packet.pts is None:
+                continue
+            time = packet.pts * time_base - origin
+            if time > targets[-1] + tolerance + _TIME_EPSILON:
+                break  # keyframes come in presentation order: the rest are further still
+            for i, target in enumerate(targets):
+                distance = abs(time - target)
+                if distance <= tolerance + _TIME_EPSILON and (
+                    i not in chosen_packets or distance < abs(chosen_packets[i][1] - target)
+                ):
+                    chosen_packets[i] = (packet, time)
+
+    chosen: dict[int, tuple[VideoFrame, float]] = {}
+    decoded: dict[int, tuple[VideoFrame, float] | None] = {}  # by id(packet)
+    for i, (packet, _) in sorted(chosen_packets.items()):
+        if id(packet) not in decoded:
+            decoded[id(packet)] = _decode_alone(stream, packet, origin, limits, skipper)
+        if decoded[id(packet)] is not None:
+            chosen[i] = decoded[id(packet)]  # type: ignore[assignment]
+    missing = [i for i in range(len(targets)) if i not in chosen]
+    if missing:  # no keyframe close enough, or it did not decode
+        exact = _frames_shown_at(container, stream, [targets[i] for i in missing], limits, skipper)
+        chosen.update(zip(missing, exact, strict=True))
+    return [chosen[i] for i in range(len(targets))]
+
+
+def _decode_alone(
+    stream: Stream, packet: Packet, origin: float, limits: MediaLimits, skipper: PacketSkipper
+) -> tuple[VideoFrame, float] | None:
+    """The frame of one keyframe packet, decoded on its own (the decoder is flushed after)."""
+    context = stream.codec_context
+    frames = skipper.decode(packet)
+    try:
+        frames += context.decode(None)  # drain: out now, not after the next packets
+    except PACKET_ERRORS:
+        pass
+    context.flush_buffers()
+    # Frames drained from the codec carry no time base: time them with the stream's.
+    if not frames or frames[0].pts is None or stream.time_base is None:
+        return None
+    frame = frames[0]
+    check_frame_pixels(frame.width, frame.height, limits)
+    return frame, float(frame.pts * stream.time_base) - origin
 
 
 @dataclass(frozen=True)

@@ -184,3 +184,31 @@ def test_top_k_is_capped_at_the_number_of_labels(embedded_gateway, clips):
         body = post_clip(client, clips.av, top_k=1000).json()
     assert len(body["predictions"]) == NUM_LABELS
     assert sum(p["score"] for p in body["predictions"]) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_fast_sampling_is_a_per_request_choice_reported_in_the_answer(embedded_gateway, clips):
+    """`sampling=fast` takes keyframes (clips.long_av has one every second): the answer says so,
+    and how far the frames landed; `exact` stays the default and lands within a frame period."""
+    with embedded_gateway.client() as client:
+        exact = post_clip(client, clips.long_av)
+        fast = post_clip(client, clips.long_av, sampling="fast")
+        audio_only = post_clip(client, clips.audio, sampling="fast")
+        bad = post_clip(client, clips.long_av, sampling="keyframes")
+    assert exact.status_code == fast.status_code == audio_only.status_code == 200, (exact.text, fast.text)
+    exact_video, fast_video = exact.json()["media"]["video"], fast.json()["media"]["video"]
+    assert exact_video["sampling"] == "exact" and exact_video["max_frame_offset_ms"] < 100  # 10 fps
+    assert fast_video["sampling"] == "fast" and fast_video["max_frame_offset_ms"] > exact_video["max_frame_offset_ms"]
+    # Only the video input changed: the audio head is the same, the video head is not.
+    assert scores(fast.json()["heads"]["audio"]) == scores(exact.json()["heads"]["audio"])
+    assert scores(fast.json()["heads"]["video"]) != scores(exact.json()["heads"]["video"])
+    assert audio_only.json()["media"]["video"] is None
+    assert bad.status_code == 422
+
+
+def test_fast_sampling_can_be_the_servers_default(gateway_factory, serving_repository, clips):
+    gateway = gateway_factory(repository=serving_repository, default_model=FAMILY, frame_sampling="fast")
+    with gateway.client() as client:
+        default = post_clip(client, clips.long_av).json()
+        exact = post_clip(client, clips.long_av, sampling="exact").json()
+    assert default["media"]["video"]["sampling"] == "fast"
+    assert exact["media"]["video"]["sampling"] == "exact"

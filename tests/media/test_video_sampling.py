@@ -148,3 +148,60 @@ def test_invalid_windows_are_rejected(clips, start, duration):
     with pytest.raises(MediaError) as caught:
         decode_video(path, num_frames=4, size=32, start=start, duration=duration)
     assert caught.value.code is ErrorCode.INVALID_WINDOW
+
+
+# --- fast sampling: the keyframe nearest each target ---------------------------------------
+
+
+def keyframe_indices(path):
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return sorted(round(float(p.pts * stream.time_base) * FPS) for p in container.demux(stream) if p.is_keyframe and p.pts is not None)
+
+
+def expected_fast_indices(keyframes, start, end, count):
+    """The keyframe nearest each segment centre when within a segment's length, else the exact frame."""
+    step = (end - start) / count
+    exact = expected_indices(CFR_TIMES, start, end, count)
+    chosen = []
+    for i in range(count):
+        centre = start + (i + 0.5) * step
+        nearest = min(keyframes, key=lambda k: (abs(k / FPS - centre), k))
+        chosen.append(nearest if abs(nearest / FPS - centre) <= step + 1e-6 else exact[i])
+    return chosen
+
+
+@pytest.mark.parametrize("variant", list(GOP_VARIANTS))
+@pytest.mark.parametrize("num_frames, start, duration", [(8, 0.0, None), (5, 0.5, 1.0), (3, 1.3, 0.4)])
+def test_fast_sampling_takes_the_nearest_keyframe(clips, variant, num_frames, start, duration):
+    filename, track = GOP_VARIANTS[variant]
+    path = clips.make(filename, video=track)
+    video = decode_video(path, num_frames=num_frames, size=32, start=start, duration=duration, sampling="fast")
+
+    end = min(start + duration, 2.0) if duration else 2.0
+    expected = expected_fast_indices(keyframe_indices(path), start, end, num_frames)
+    assert decoded_indices(video) == expected
+    np.testing.assert_allclose(video.timestamps, np.array(expected) / FPS, atol=1e-3)
+    assert video.sampling == "fast"
+    # The reported offset is the true distance of each choice from its target.
+    targets = [start + (i + 0.5) * (end - start) / num_frames for i in range(num_frames)]
+    np.testing.assert_allclose(video.targets, targets)
+    assert video.max_offset == pytest.approx(max(abs(e / FPS - t) for e, t in zip(expected, targets)), abs=1e-3)
+
+
+def test_fast_sampling_decodes_only_keyframes_on_a_short_gop(clips):
+    """Guard: on the 5-frame GOP every choice is a keyframe (the fallback to exact never ran)."""
+    filename, track = GOP_VARIANTS["short GOP (5 frames)"]
+    path = clips.make(filename, video=track)
+    video = decode_video(path, num_frames=8, size=32, sampling="fast")
+    assert all(index % 5 == 0 for index in decoded_indices(video))
+    exact = decode_video(path, num_frames=8, size=32)
+    assert video.max_offset > exact.max_offset  # and they are not the exact frames
+
+
+def test_unknown_sampling_mode_is_rejected(clips):
+    path = clips.make("gop5.mp4", video=GOP_VARIANTS["short GOP (5 frames)"][1])
+    with pytest.raises(ValueError, match="sampling"):
+        decode_video(path, num_frames=4, size=32, sampling="keyframes")

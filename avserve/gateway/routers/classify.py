@@ -8,6 +8,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 
+from avserve.media.video import Sampling
+
 from ..admission import Refusal
 from ..auth import require_api_key
 from ..classifier import Classifier, ClassifyParams
@@ -68,6 +70,11 @@ async def classify(
     timeout: Annotated[
         float | None, Query(gt=0, description="Deadline in seconds (at most the server's request timeout).")
     ] = None,
+    sampling: Annotated[
+        Sampling | None,
+        Query(description="Frame choice: `exact` (the frame on screen at each sample time) or `fast` (the nearest "
+              "keyframe within a segment: much less decoding on long-GOP video). Default from settings."),
+    ] = None,
 ) -> ClassifyResponse:
     began = time.perf_counter()
     arrival = time.monotonic()
@@ -110,7 +117,8 @@ async def classify(
         labels.update(model=route.spec.name, route=route.label)
 
     params = ClassifyParams(
-        family=family, modality=modality, top_k=top_k or settings.default_top_k, start=start, duration=duration
+        family=family, modality=modality, top_k=top_k or settings.default_top_k, start=start, duration=duration,
+        sampling=sampling or settings.frame_sampling,
     )
     state.in_flight += 1
     metrics.in_flight.inc()
