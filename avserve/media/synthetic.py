@@ -292,7 +292,7 @@ UPLOAD_MANIFEST = "uploads.json"
 def write_upload_clips(directory: str | os.PathLike[str], clips: Sequence[UploadClip] = UPLOAD_SET, *,
                        progress: bool = True) -> list[dict]:
     """Write `clips` into `directory` as <name>.mp4 (a file already there is kept: encoding 1080p
-    takes minutes) and the manifest uploads.json; return the manifest's entries."""
+    takes minutes) and list them in its uploads.json; return their manifest entries."""
     from tqdm import tqdm
 
     directory = Path(directory)
@@ -306,11 +306,16 @@ def write_upload_clips(directory: str | os.PathLike[str], clips: Sequence[Upload
             partial = path.with_suffix(".part.mp4")
             write_clip(partial, video=video, audio=audio, on_frame=lambda: bar.update(1))
             partial.replace(path)
+    manifest = directory / UPLOAD_MANIFEST
+    # Clips an earlier call wrote stay listed while their files are there.
+    earlier = json.loads(manifest.read_text())["clips"] if manifest.is_file() else []
+    names = {clip.name for clip in clips}
+    kept = [entry for entry in earlier if entry["name"] not in names and (directory / entry["path"]).is_file()]
     entries = [{"name": clip.name, "path": f"{clip.name}.mp4", "width": clip.width, "height": clip.height,
                 "fps": clip.fps, "seconds": clip.seconds, "gop_seconds": clip.gop_seconds, "video": "h264",
                 "audio": "aac", "x264_preset": clip.preset, "bytes": (directory / f"{clip.name}.mp4").stat().st_size}
                for clip in clips]
-    (directory / UPLOAD_MANIFEST).write_text(json.dumps({"clips": entries}, indent=2) + "\n")
+    manifest.write_text(json.dumps({"clips": kept + entries}, indent=2) + "\n")
     return entries
 
 
