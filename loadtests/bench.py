@@ -257,6 +257,13 @@ async def measure_uploads(targets: dict, groups: dict, args, progress, runs: lis
             "concurrency": args.upload_concurrency, "seconds": args.upload_seconds, "sampling_supported": supported}
 
 
+def upload_clip(spec: str) -> UploadClip:
+    try:
+        return UploadClip.parse(spec)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="avserve bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -277,7 +284,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (exported repository, server logs)")
     parser.add_argument("--uploads", action=argparse.BooleanOptionalAction, default=True,
                         help="also measure the upload-size clips (720p/1080p, 10-30 s; encoded once, minutes)")
-    parser.add_argument("--upload-clip", type=UploadClip.parse, action="append", metavar="HEIGHTp:SECONDS:GOP",
+    parser.add_argument("--upload-clip", type=upload_clip, action="append", metavar="HEIGHTp:SECONDS:GOP",
                         help="an upload-size clip, e.g. 1080p:30:2 (repeatable; default: the set of "
                              f"{len(UPLOAD_SET)}: {', '.join(f'{c.height}p:{c.seconds:g}:{c.gop_seconds:g}' for c in UPLOAD_SET)})")
     parser.add_argument("--upload-clips", type=Path, default=CACHE / "uploads",
