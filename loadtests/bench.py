@@ -289,15 +289,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              f"{len(UPLOAD_SET)}: {', '.join(f'{c.height}p:{c.seconds:g}:{c.gop_seconds:g}' for c in UPLOAD_SET)})")
     parser.add_argument("--upload-clips", type=Path, default=CACHE / "uploads",
                         help="directory the upload-size clips are written to and kept in")
-    parser.add_argument("--upload-seconds", type=float, default=10.0, help="length of each upload-size run")
+    # A 1080p request takes seconds on a busy 2-core machine: runs long enough for several answers.
+    parser.add_argument("--upload-seconds", type=float, default=15.0, help="length of each upload-size run")
     parser.add_argument("--upload-concurrency", type=int, default=2)
     parser.add_argument("--quick", action="store_true",
-                        help="CI-sized: concurrency 1 4, 2 s per point, one 1080p upload-size clip for 4 s")
+                        help="CI-sized: concurrency 1 4, 2 s per point, one 1080p upload-size clip for 8 s")
     args = parser.parse_args(argv)
     if args.quick:
         args.concurrency, args.seconds, args.warmup, args.peak_seconds = [1, 4], 2.0, 1.0, 0.5
         args.modality_concurrency = 4
-        args.upload_seconds = 4.0
+        args.upload_seconds = 8.0
         args.upload_clip = args.upload_clip or list(QUICK_UPLOADS)
     args.upload_clip = tuple(args.upload_clip or UPLOAD_SET)
     if args.out is None:

@@ -30,7 +30,7 @@ from pathlib import Path
 import av
 
 from avserve.media import decode_video
-from avserve.media.synthetic import UPLOAD_SET, VideoTrack, write_clip, write_upload_clips
+from avserve.media.synthetic import UPLOAD_SET, UploadClip, VideoTrack, write_clip, write_upload_clips
 
 FPS = 30
 SECONDS = 10
@@ -97,9 +97,8 @@ def median_cpu_ms(function: Callable[[], None], repeats: int) -> tuple[float, fl
     return statistics.median(cpu) * 1000, statistics.median(wall) * 1000
 
 
-def compare_sampling(directory: Path, repeats: int) -> None:
-    """Decode CPU of exact vs fast sampling (8 frames over the whole clip) on the long-GOP upload clips."""
-    long_gop = [clip for clip in UPLOAD_SET if clip.gop_seconds >= 2]
+def compare_sampling(directory: Path, repeats: int, long_gop: list[UploadClip]) -> None:
+    """Decode CPU of exact vs fast sampling (8 frames over the whole clip) on long-GOP upload clips."""
     write_upload_clips(directory, long_gop)
     modes = sampling_modes()
     print(f"\nupload-size clips, long GOP: decode CPU of {NUM_FRAMES} frames over the whole clip at 224, "
@@ -137,6 +136,8 @@ def main() -> None:
     parser.add_argument("--uploads", action=argparse.BooleanOptionalAction, default=True,
                         help="also compare exact vs fast sampling on the long-GOP upload-size clips")
     parser.add_argument("--upload-clips", type=Path, default=Path.home() / ".cache" / "avserve-bench" / "uploads")
+    parser.add_argument("--upload-clip", type=UploadClip.parse, action="append", metavar="HEIGHTp:SECONDS:GOP",
+                        help="compare on this clip (repeatable; default: the long-GOP clips of the bench's set)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as directory:
@@ -155,7 +156,8 @@ def main() -> None:
             print(f"{name:<24}{sampled:>12.1f} ms{naive:>10.1f} ms{everything:>10.1f} ms"
                   f"{everything_rgb:>10.1f} ms{everything / sampled:>23.1f}x")
     if args.uploads:
-        compare_sampling(args.upload_clips, args.repeats)
+        compare_sampling(args.upload_clips, args.repeats,
+                         args.upload_clip or [clip for clip in UPLOAD_SET if clip.gop_seconds >= 2])
 
 
 if __name__ == "__main__":
