@@ -74,11 +74,8 @@ def compute_ratios(report: dict) -> list[dict]:
                 b[0]["all"]["throughput"], True, f"{route}-only", "audio+video")
     uploads = report.get("uploads")
     for group in (uploads or {}).get("groups", ()):
-        def upload_run(target):
-            found = _find(runs, f"{target}[uploads {group}]")
-            return found[0] if found else None
-
-        exact, fast, eager = upload_run("gateway-embedded"), upload_run("gateway-embedded-fast"), upload_run("torch-eager")
+        exact, fast, eager = (next(iter(_find(runs, f"{target}[uploads {group}]")), None)
+                              for target in ("gateway-embedded", "gateway-embedded-fast", "torch-eager"))
         for ours, label in ((exact, "gateway-embedded"), (fast, "gateway-embedded-fast")):
             if ours and eager:
                 comparison = f"avserve vs FastAPI + PyTorch eager, upload-size clips ({group})"
