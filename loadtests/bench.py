@@ -15,15 +15,27 @@ Targets, started here back to back on 127.0.0.1 (each warmed up first):
 
 Per target: a closed-loop concurrency sweep over the request mix (loadtests/clips.py), then a
 fixed-arrival-rate (open-loop, Poisson) run at one common rate; for the default gateway also
-one closed-loop run per modality (av / audio / video clips only). Measures this CPU's matmul
-peak and each graph's FLOPs for the FLOP/s-vs-peak ratio. Writes bench.json, bench.md
-(tables + ratios) and bench.png (latency vs throughput) into --out.
+one closed-loop run per modality (av / audio / video clips only). Every run also measures the
+server CPU time per request: user + system seconds of the server's whole process tree (media
+workers, tritonserver and its stubs included; loadtests/cpu.py) over the run, divided by the
+requests answered. Measures this CPU's matmul peak and each graph's FLOPs for the
+FLOP/s-vs-peak ratio.
+
+Then (--uploads, on by default) the upload-size clips: 720p and 1080p H.264/AAC, 10-30 s, short
+and long GOP (avserve.media.synthetic.UPLOAD_SET, encoded once into --upload-clips, the same
+files `avserve data synth --preset uploads` writes), per group (e.g. "1080p long GOP") a
+closed-loop run at --upload-concurrency on the default gateway with exact frame sampling, on
+it with `?sampling=fast` (gateway-embedded-fast), and on FastAPI + eager. --quick uses one
+10 s 1080p clip with a 2 s GOP.
+
+Writes bench.json, bench.md (tables + ratios) and bench.png (latency vs throughput) into --out.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import os
 import platform
 import shutil
@@ -31,7 +43,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from loadtests.clips import make_clips
+from avserve.media.synthetic import UPLOAD_SET, UploadClip
+from loadtests.clips import make_clips, make_upload_clips, upload_group
 from loadtests.flops import graph_only, matmul_peak
 from loadtests.report import compute_ratios, write_report
 from loadtests.servers import Server
@@ -39,6 +52,8 @@ from loadtests.stats import RunResult, summary_line
 from loadtests.targets import HttpTarget, TritonDirectTarget, closed_loop, decode_tensors, fixed_rate
 
 RESULTS = Path(__file__).resolve().parent / "results"
+CACHE = Path.home() / ".cache" / "avserve-bench"
+QUICK_UPLOADS = (UploadClip(1080, 10, 2),)
 
 
 def prepare_model(args, workdir: Path):
@@ -92,7 +107,7 @@ async def measure(target, clips, args, progress, runs: list[dict], sweep: list[i
 
 async def run_all(args, progress) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="avserve-bench-"))
-    clips_dir = Path(args.clips) if args.clips else Path.home() / ".cache" / "avserve-bench" / "clips"
+    clips_dir = Path(args.clips) if args.clips else CACHE / "clips"
     progress(f"clips -> {clips_dir}")
     clips = make_clips(clips_dir)
     runs: list[dict] = []
@@ -126,6 +141,15 @@ async def run_all(args, progress) -> dict:
                  + ", ".join(f"{k} {v:.1f}" for k, v in report["graph_only"]["batch1_ms"].items()) + "; per clip "
                  + ", ".join(f"{k} {v / 1e6:.0f} MFLOP" for k, v in flops.items()))
 
+        upload_groups = {}
+        if args.uploads:  # before any server starts: encoding 1080p the first time takes minutes
+            progress(f"upload-size clips -> {args.upload_clips}")
+            upload_groups = make_upload_clips(args.upload_clips, args.upload_clip)
+            report["upload_clips"] = [{"name": spec.name, "group": upload_group(spec), "width": spec.width,
+                                       "height": spec.height, "seconds": spec.seconds, "gop_seconds": spec.gop_seconds,
+                                       "bytes": (args.upload_clips / f"{spec.name}.mp4").stat().st_size}
+                                      for spec in args.upload_clip]
+
         def start(name: str, module: str, *extra: str) -> Server:
             progress(f"starting {name} ...")
             server = Server.start_module(name, module, workdir / f"{name}.log", *extra)
@@ -140,7 +164,8 @@ async def run_all(args, progress) -> dict:
             ("gateway-embedded-nomb", "loadtests.serve_gateway", ["--repository", str(repository), "--no-micro-batching"]),
             ("torch-eager", "loadtests.baseline_server", eager_args),
         ):
-            targets[name] = HttpTarget(name, start(name, module, *extra).url, clips)
+            server = start(name, module, *extra)
+            targets[name] = HttpTarget(name, server.url, clips, server_pids=(server.process.pid,))
         if not args.skip_triton:
             from avserve.triton import LocalTriton
 
@@ -149,9 +174,10 @@ async def run_all(args, progress) -> dict:
             triton.start()
             server = start("gateway-triton", "loadtests.serve_gateway", "--backend", "triton", "--triton-url",
                            triton.grpc_url)
-            targets["gateway-triton"] = HttpTarget("gateway-triton", server.url, clips)
+            targets["gateway-triton"] = HttpTarget("gateway-triton", server.url, clips,
+                                                   server_pids=(server.process.pid, triton.pid))
             targets["triton-direct"] = TritonDirectTarget("triton-direct", triton.grpc_url, family, clips,
-                                                          decode_tensors(clips, model))
+                                                          decode_tensors(clips, model), server_pids=(triton.pid,))
         order = list(targets)
         for target in targets.values():
             progress(f"{target.name}: warm-up {args.warmup:.0f} s")
@@ -171,6 +197,8 @@ async def run_all(args, progress) -> dict:
                 result = await closed_loop(targets[name], subset, args.modality_concurrency, args.seconds, seed=5)
                 result.target = f"{name}[{route}]"
                 record(result, runs, progress)
+        if upload_groups:
+            report["uploads"] = await measure_uploads(targets, upload_groups, args, progress, runs)
         for target in targets.values():
             await target.close()
     finally:
@@ -186,6 +214,54 @@ async def run_all(args, progress) -> dict:
         report["matmul_peak_flops"] = max(report["matmul_peak_flops"], again)
         progress(f"matmul peak again: {again / 1e9:.1f} GFLOP/s")
     return report
+
+
+def sampling_supported() -> bool:
+    """Whether this checkout's decoder takes `sampling=` (the gateway's `?sampling=fast`); until it
+    does, the gateway ignores the parameter and the fast target measures exact sampling."""
+    from avserve.media import decode_video
+
+    return "sampling" in inspect.signature(decode_video).parameters
+
+
+async def measure_uploads(targets: dict, groups: dict, args, progress, runs: list[dict]) -> dict:
+    """Each group of upload-size clips on the default gateway (exact and `fast` frame sampling)
+    and on FastAPI + eager, closed loop at --upload-concurrency; the targets' order rotates."""
+    gateway, eager = targets["gateway-embedded"], targets["torch-eager"]
+    every_clip = [clip for group in groups.values() for clip in group]
+    upload_targets = {
+        "gateway-embedded": HttpTarget("gateway-embedded", gateway.url, every_clip, gateway.server_pids),
+        "gateway-embedded-fast": HttpTarget("gateway-embedded-fast", gateway.url, every_clip, gateway.server_pids,
+                                            params={"sampling": "fast"}),
+        "torch-eager": HttpTarget("torch-eager", eager.url, every_clip, eager.server_pids),
+    }
+    supported = sampling_supported()
+    if not supported:
+        progress("uploads: avserve.media.decode_video takes no `sampling` yet: gateway-embedded-fast measures exact "
+                 "sampling too (the gateway ignores the unknown query parameter)")
+    order = list(upload_targets)
+    try:
+        for target in upload_targets.values():
+            progress(f"{target.name}: upload-size clips, warm-up")
+            await closed_loop(target, every_clip, args.upload_concurrency, args.warmup, seed=98)
+        for index, (group, clips) in enumerate(groups.items()):
+            for name in order[index % len(order):] + order[: index % len(order)]:
+                result = await closed_loop(upload_targets[name], clips, args.upload_concurrency, args.upload_seconds,
+                                           seed=11)
+                result.target = f"{name}[uploads {group}]"
+                record(result, runs, progress)
+    finally:
+        for target in upload_targets.values():
+            await target.close()
+    return {"groups": {group: [clip.name for clip in clips] for group, clips in groups.items()},
+            "concurrency": args.upload_concurrency, "seconds": args.upload_seconds, "sampling_supported": supported}
+
+
+def upload_clip(spec: str) -> UploadClip:
+    try:
+        return UploadClip.parse(spec)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -206,11 +282,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clips", help="directory for the request mix (default ~/.cache/avserve-bench/clips)")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default loadtests/results/<time>)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (exported repository, server logs)")
-    parser.add_argument("--quick", action="store_true", help="CI-sized: concurrency 1 4, 2 s per point")
+    parser.add_argument("--uploads", action=argparse.BooleanOptionalAction, default=True,
+                        help="also measure the upload-size clips (720p/1080p, 10-30 s; encoded once, minutes)")
+    parser.add_argument("--upload-clip", type=upload_clip, action="append", metavar="HEIGHTp:SECONDS:GOP",
+                        help="an upload-size clip, e.g. 1080p:30:2 (repeatable; default: the set of "
+                             f"{len(UPLOAD_SET)}: {', '.join(f'{c.height}p:{c.seconds:g}:{c.gop_seconds:g}' for c in UPLOAD_SET)})")
+    parser.add_argument("--upload-clips", type=Path, default=CACHE / "uploads",
+                        help="directory the upload-size clips are written to and kept in")
+    # A 1080p request takes seconds on a busy 2-core machine: runs long enough for several answers.
+    parser.add_argument("--upload-seconds", type=float, default=15.0, help="length of each upload-size run")
+    parser.add_argument("--upload-concurrency", type=int, default=2)
+    parser.add_argument("--quick", action="store_true",
+                        help="CI-sized: concurrency 1 4, 2 s per point, one 1080p upload-size clip for 8 s")
     args = parser.parse_args(argv)
     if args.quick:
         args.concurrency, args.seconds, args.warmup, args.peak_seconds = [1, 4], 2.0, 1.0, 0.5
         args.modality_concurrency = 4
+        args.upload_seconds = 8.0
+        args.upload_clip = args.upload_clip or list(QUICK_UPLOADS)
+    args.upload_clip = tuple(args.upload_clip or UPLOAD_SET)
     if args.out is None:
         args.out = RESULTS / time.strftime("%Y%m%d-%H%M%S")
     return args

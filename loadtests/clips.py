@@ -6,6 +6,7 @@ separate locust environment (.venv-loadtest) can use it too: locust puts its wor
 on sys.path, so run from the repo root there (avserve is not installed in that environment).
 
     clips = make_clips(Path("/tmp/clips"))     # -> [Clip(name, path, route, weight), ...]
+    groups = make_upload_clips(Path("/tmp/uploads"))   # -> {"1080p long GOP": [Clip, ...], ...}
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from avserve.media.synthetic import AudioTrack, VideoTrack, write_clip
+from avserve.media.synthetic import UPLOAD_SET, AudioTrack, UploadClip, VideoTrack, write_clip, write_upload_clips
 
 ROUTES = ("av", "audio", "video")
 
@@ -61,3 +62,20 @@ def make_clips(directory: Path, routes: tuple[str, ...] = ROUTES) -> list[Clip]:
             partial.replace(path)
         clips.append(Clip(name, path, route, weight))
     return clips
+
+
+def upload_group(clip: UploadClip) -> str:
+    """The bench measures upload-size clips by group: CPU per request cannot be told apart per
+    clip within one run, and `fast` sampling only matters with long GOPs."""
+    return f"{clip.height}p {'long' if clip.gop_seconds >= 2 else 'short'} GOP"
+
+
+def make_upload_clips(directory: Path, specs: tuple[UploadClip, ...] = UPLOAD_SET, progress: bool = True,
+                      ) -> dict[str, list[Clip]]:
+    """The upload-size clips (`avserve data synth --preset uploads`; written once into `directory`,
+    then kept), grouped by `upload_group`, equal weights within a group."""
+    write_upload_clips(directory, specs, progress=progress)
+    groups: dict[str, list[Clip]] = {}
+    for spec in specs:
+        groups.setdefault(upload_group(spec), []).append(Clip(spec.name, directory / f"{spec.name}.mp4", "av", 1.0))
+    return groups

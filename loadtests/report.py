@@ -22,9 +22,14 @@ def _peak(runs, target):
     return max(candidates, key=lambda r: r["all"]["throughput"]) if candidates else None
 
 
+def _cpu_ms(run: dict | None) -> float | None:
+    """Server CPU ms per request of a run (None: not measured, e.g. a gateway given by URL)."""
+    return ((run or {}).get("cpu") or {}).get("ms_per_request")
+
+
 def compute_ratios(report: dict) -> list[dict]:
     runs = report["runs"]
-    low = min(report["settings"]["concurrency"])
+    low, top = min(report["settings"]["concurrency"]), max(report["settings"]["concurrency"])
     ratios: list[dict] = []
 
     def add(comparison, metric, ours, theirs, higher_is_better, ours_label, theirs_label):
@@ -47,6 +52,11 @@ def compute_ratios(report: dict) -> list[dict]:
         if a and b:
             add(comparison, f"p99 latency at {a[0]['load']} req/s offered (ms)", a[0]["all"]["p99_ms"], b[0]["all"]["p99_ms"],
                 False, ours, theirs)
+        for load in sorted({low, top}):
+            a, b = _find(runs, ours, load=load), _find(runs, theirs, load=load)
+            if a and b:
+                add(comparison, f"server CPU per request at concurrency {load} (ms)", _cpu_ms(a[0]), _cpu_ms(b[0]), False,
+                    ours, theirs)
 
     both("avserve vs FastAPI + PyTorch eager", "gateway-embedded", "torch-eager")
     both("gateway (Triton backend) vs Triton direct", "gateway-triton", "triton-direct")
@@ -62,6 +72,24 @@ def compute_ratios(report: dict) -> list[dict]:
         if a and b:
             add(f"{route}-only vs audio+video requests", "throughput (req/s)", a[0]["all"]["throughput"],
                 b[0]["all"]["throughput"], True, f"{route}-only", "audio+video")
+    uploads = report.get("uploads")
+    for group in (uploads or {}).get("groups", ()):
+        exact, fast, eager = (next(iter(_find(runs, f"{target}[uploads {group}]")), None)
+                              for target in ("gateway-embedded", "gateway-embedded-fast", "torch-eager"))
+        for ours, label in ((exact, "gateway-embedded"), (fast, "gateway-embedded-fast")):
+            if ours and eager:
+                comparison = f"avserve vs FastAPI + PyTorch eager, upload-size clips ({group})"
+                add(comparison, f"server CPU per request at concurrency {ours['load']} (ms)", _cpu_ms(ours), _cpu_ms(eager),
+                    False, label, "torch-eager")
+                add(comparison, f"p50 latency at concurrency {ours['load']} (ms)", ours["all"]["p50_ms"],
+                    eager["all"]["p50_ms"], False, label, "torch-eager")
+        if exact and fast:
+            comparison = f"`fast` vs `exact` frame sampling, upload-size clips ({group})"
+            add(comparison, f"server CPU per request at concurrency {fast['load']} (ms)", _cpu_ms(fast), _cpu_ms(exact),
+                False, "fast", "exact")
+            add(comparison, "decode, median per request (ms, server timings)",
+                fast["all"].get("stages_ms", {}).get("decode"), exact["all"].get("stages_ms", {}).get("decode"), False,
+                "fast", "exact")
     graphs = report.get("graph_only")
     if graphs:
         for route in ("audio", "video"):
@@ -111,14 +139,33 @@ def write_markdown(report: dict, path: Path) -> None:
             lines.append(f"| {r['comparison']} | {r['metric']} | {_fmt(r['ours'])} ({r['ours_label']}) | "
                          f"{_fmt(r['theirs'])} ({r['theirs_label']}) | {r['ratio']:.3g} | {'yes' if r['avserve_ahead'] else 'no'} |")
         lines.append("")
-    lines += ["## Runs", "", "| target | mode | load | req/s | p50 ms | p95 ms | p99 ms | errors | decode ms | inference ms | overhead ms |",
-              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += ["## Runs", "",
+              "Server CPU: user + system time of the server's whole process tree (media workers, tritonserver and "
+              "its stubs) over the run, per request answered; CPU cores: that time over the run's wall time.", "",
+              "| target | mode | load | req/s | p50 ms | p95 ms | p99 ms | errors | CPU ms/req | CPU cores | decode ms | "
+              "inference ms | overhead ms |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in report["runs"]:
         a = r["all"]
         s = a.get("stages_ms", {})
+        cpu = r.get("cpu") or {}
         lines.append(f"| {r['target']} | {r['mode']} | {r['load']} | {a['throughput']:.1f} | {_fmt(a['p50_ms'], 0)} | "
-                     f"{_fmt(a['p95_ms'], 0)} | {_fmt(a['p99_ms'], 0)} | {a['error_ratio']:.1%} | {_fmt(s.get('decode'))} | "
+                     f"{_fmt(a['p95_ms'], 0)} | {_fmt(a['p99_ms'], 0)} | {a['error_ratio']:.1%} | "
+                     f"{_fmt(cpu.get('ms_per_request'))} | {_fmt(cpu.get('cores'), 2)} | {_fmt(s.get('decode'))} | "
                      f"{_fmt(s.get('inference'))} | {_fmt(s.get('overhead'))} |")
+    if report.get("upload_clips"):
+        uploads = report.get("uploads") or {}
+        lines += ["", "## Upload-size clips", "",
+                  f"H.264 (x264 veryfast, High) + AAC stereo mp4, 30 fps; closed loop at concurrency "
+                  f"{uploads.get('concurrency', '-')}, {uploads.get('seconds', '-')} s per group and target "
+                  f"(runs `<target>[uploads <group>]` above). " + (
+                      "`gateway-embedded-fast` sends `?sampling=fast`." if uploads.get("sampling_supported") else
+                      "This checkout's decoder has no `sampling` yet: the gateway ignores `?sampling=fast`, so "
+                      "`gateway-embedded-fast` measured exact sampling too (equal numbers are expected)."), "",
+                  "| clip | group | size | seconds | GOP s | MB |", "|---|---|---|---:|---:|---:|"]
+        for c in report["upload_clips"]:
+            lines.append(f"| {c['name']} | {c['group']} | {c['width']}x{c['height']} | {c['seconds']:g} | "
+                         f"{c['gop_seconds']:g} | {c['bytes'] / 1e6:.1f} |")
     lines += ["", "## Per route (closed loop, highest concurrency)", "",
               "| target | route | req/s | p50 ms | p95 ms | p99 ms | errors | decode ms | inference ms | overhead ms |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]

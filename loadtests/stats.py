@@ -2,7 +2,7 @@
 
     result = RunResult("gateway", "closed", 4, 8.0)        # filled by loadtests.targets' drivers
     result.samples.append(Sample("av", 0.031, True, timings))
-    summary = result.summary()   # {"target", "mode", "load", "seconds", "all": {...}, "routes": {route: {...}}}
+    summary = result.summary()   # {"target", "mode", "load", "seconds", "all": {...}, "cpu": {...}, "routes": {...}}
     print(summary_line(summary))
 """
 
@@ -34,15 +34,30 @@ class RunResult:
     seconds: float
     samples: list[Sample] = field(default_factory=list)
     dropped: int = 0  # open loop: arrivals not sent because too many were in flight
+    # CPU seconds the server's process tree spent over the whole run, from the first request
+    # sent to the last answer (loadtests/cpu.py; None: not measured), and the successful answers
+    # in that span: also those after the window that `samples` counts.
+    cpu_seconds: float | None = None
+    cpu_requests: int = 0
 
     def summary(self) -> dict:
         out = {"target": self.target, "mode": self.mode, "load": self.load, "seconds": round(self.seconds, 3)}
         out["all"] = summarize(self.samples, self.seconds, self.dropped)
+        out["cpu"] = cpu_summary(self.cpu_seconds, self.cpu_requests, self.seconds)
         out["routes"] = {
             route: summarize([s for s in self.samples if s.route == route], self.seconds, 0)
             for route in sorted({s.route for s in self.samples})
         }
         return out
+
+
+def cpu_summary(cpu_seconds: float | None, requests: int, seconds: float) -> dict | None:
+    """Server CPU per successful request (ms) and the cores it kept busy on average."""
+    if cpu_seconds is None:
+        return None
+    return {"seconds": round(cpu_seconds, 4), "requests": requests,
+            "ms_per_request": cpu_seconds * 1000 / requests if requests else None,
+            "cores": cpu_seconds / seconds if seconds else None}
 
 
 def percentile_ms(values: list[float], q: float) -> float | None:
@@ -85,5 +100,7 @@ def summary_line(summary: dict) -> str:
     """One progress line for a run's summary."""
     a = summary["all"]
     p = lambda v: "-" if v is None else f"{v:.0f}"  # noqa: E731
+    cpu = summary.get("cpu") or {}
     return (f"{summary['target']:<22} {summary['mode']:<6} load={summary['load']:<6} {a['throughput']:6.1f} req/s  "
-            f"p50={p(a['p50_ms'])} p95={p(a['p95_ms'])} p99={p(a['p99_ms'])} ms  err={a['error_ratio']:.1%}")
+            f"p50={p(a['p50_ms'])} p95={p(a['p95_ms'])} p99={p(a['p99_ms'])} ms  err={a['error_ratio']:.1%}  "
+            f"cpu={p(cpu.get('ms_per_request'))} ms/req")

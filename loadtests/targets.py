@@ -1,8 +1,11 @@
 """Load generators and the two ways of driving them.
 
-Targets (each has `name`, `async send(clip) -> Reply` and `async close()`):
+Targets (each has `name`, `server_pids`, `async send(clip) -> Reply` and `async close()`):
   HttpTarget           POST /classify to a gateway (or the eager baseline) with httpx
   TritonDirectTarget   tritonclient gRPC straight to Triton with pre-decoded tensors (decode_tensors)
+
+`server_pids` are the roots of the server's process trees (empty: a server not started here);
+the drivers measure their CPU time over each run (loadtests/cpu.py).
 
 Drivers (each returns a loadtests.stats.RunResult):
   closed_loop   `concurrency` workers, each sending the next request when the last one answers
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from loadtests.clips import Clip
+from loadtests.cpu import CpuMeter
 from loadtests.stats import RunResult, Sample
 
 
@@ -34,17 +38,23 @@ class Reply:
 
 
 class HttpTarget:
-    def __init__(self, name: str, url: str, clips: list[Clip]):
+    """`params`: query parameters of every request, e.g. {"sampling": "fast"}."""
+
+    def __init__(self, name: str, url: str, clips: list[Clip], server_pids: tuple[int, ...] = (),
+                 params: dict[str, str] | None = None):
         import httpx
 
         self.name = name
         self.url = url
+        self.server_pids = server_pids
+        self.params = params or {}
         self.bodies = {c.name: c.path.read_bytes() for c in clips}
         self.client = httpx.AsyncClient(base_url=url, timeout=30, limits=httpx.Limits(max_connections=256))
 
     async def send(self, clip: Clip) -> Reply:
         try:
-            response = await self.client.post("/classify", files={"file": (clip.path.name, self.bodies[clip.name])})
+            response = await self.client.post("/classify", params=self.params,
+                                              files={"file": (clip.path.name, self.bodies[clip.name])})
         except Exception:  # noqa: BLE001 - a transport error is an error sample
             return Reply(False)
         if response.status_code != 200:
@@ -58,10 +68,12 @@ class HttpTarget:
 class TritonDirectTarget:
     """tritonclient gRPC (asyncio) with the clips decoded once, as the gateway would decode them."""
 
-    def __init__(self, name: str, grpc_url: str, family: str, clips: list[Clip], tensors: dict[str, dict]):
+    def __init__(self, name: str, grpc_url: str, family: str, clips: list[Clip], tensors: dict[str, dict],
+                 server_pids: tuple[int, ...] = ()):
         import tritonclient.grpc.aio as grpcclient
 
         self.name = name
+        self.server_pids = server_pids
         self.grpc = grpcclient
         self.family = family
         self.client = grpcclient.InferenceServerClient(grpc_url, channel_args=[
@@ -115,6 +127,8 @@ def _chooser(clips: list[Clip], seed: int):
 
 async def closed_loop(target, clips: list[Clip], concurrency: int, seconds: float, seed: int = 0) -> RunResult:
     result = RunResult(target.name, "closed", concurrency, seconds)
+    cpu = CpuMeter(target.server_pids)
+    cpu.start()
     began = time.perf_counter()
     stop = began + seconds
 
@@ -127,10 +141,12 @@ async def closed_loop(target, clips: list[Clip], concurrency: int, seconds: floa
             start = time.perf_counter()
             reply = await target.send(clip)
             end = time.perf_counter()
+            result.cpu_requests += reply.ok
             if end <= stop:  # count only what completed inside the window
                 result.samples.append(reply.sample(clip.route, end - start))
 
     await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    result.cpu_seconds = cpu.stop()  # nothing is in flight now: the CPU of every answer counted
     result.seconds = time.perf_counter() - began
     return result
 
@@ -142,6 +158,8 @@ async def fixed_rate(target, clips: list[Clip], rate: float, seconds: float, see
     rng = np.random.default_rng(seed)
     choose = _chooser(clips, seed)
     in_flight: set[asyncio.Task] = set()
+    cpu = CpuMeter(target.server_pids)
+    cpu.start()
     began = time.perf_counter()
 
     async def one(clip: Clip, scheduled: float) -> None:
@@ -149,6 +167,7 @@ async def fixed_rate(target, clips: list[Clip], rate: float, seconds: float, see
             reply = await asyncio.wait_for(target.send(clip), timeout)
         except asyncio.TimeoutError:
             reply = Reply(False)
+        result.cpu_requests += reply.ok
         result.samples.append(reply.sample(clip.route, time.perf_counter() - scheduled))
 
     arrival = began
@@ -165,5 +184,6 @@ async def fixed_rate(target, clips: list[Clip], rate: float, seconds: float, see
         task.add_done_callback(in_flight.discard)
     if in_flight:
         await asyncio.wait(in_flight, timeout=timeout + 1)
+    result.cpu_seconds = cpu.stop()
     result.seconds = seconds
     return result

@@ -12,6 +12,7 @@ dataclass: a new field is a new option, with its help text from the field's meta
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib.util
 import inspect
 import json
@@ -52,6 +53,11 @@ def _needs_train_extra(name: str):
 # ---- data ------------------------------------------------------------------------------------
 
 
+class SynthPreset(str, enum.Enum):
+    DATASET = "dataset"
+    UPLOADS = "uploads"
+
+
 @data_app.command("synth")
 def data_synth(
     out: Annotated[Path, typer.Option(help="Output directory (created).")],
@@ -62,13 +68,41 @@ def data_synth(
         float, typer.Option(min=0.0, max=0.5, help="Extra audio-only and video-only files, each as a fraction of --clips.")
     ] = 0.1,
     workers: Annotated[int, typer.Option(min=1, help="Encoding processes.")] = 1,
+    preset: Annotated[
+        SynthPreset, typer.Option(help="dataset: the labelled training set. uploads: clips the size of real uploads for "
+                               "benchmarks (720p/1080p H.264 + AAC mp4, 10-30 s, short and long GOP) plus "
+                               "uploads.json; files already in --out are kept.")
+    ] = SynthPreset.DATASET,
+    upload: Annotated[
+        Optional[list[str]], typer.Option(help="With --preset uploads: write this clip instead of the default set, "
+                                               "HEIGHTp:SECONDS:GOP_SECONDS, e.g. 1080p:30:2 (repeatable).")
+    ] = None,
 ) -> None:
-    """Write a synthetic audio-visual dataset: real encoded files plus manifest.csv."""
+    """Write a synthetic audio-visual dataset: real encoded files plus manifest.csv (or, with
+    --preset uploads, upload-size clips for `avserve bench`)."""
+    if preset is SynthPreset.UPLOADS:
+        _synth_uploads(out, upload)
+        return
+    if upload:
+        fail("--upload needs --preset uploads")
     from training.data.synth import SynthConfig, generate_dataset
 
     config = SynthConfig(clip_seconds=clip_seconds, unimodal_fraction=unimodal_fraction)
     manifest = generate_dataset(out, clips=clips, seed=seed, config=config, workers=workers)
     typer.echo(f"wrote {manifest}")
+
+
+def _synth_uploads(out: Path, specs: list[str] | None) -> None:
+    from avserve.media.synthetic import UPLOAD_MANIFEST, UPLOAD_SET, UploadClip, write_upload_clips
+
+    try:
+        clips = [UploadClip.parse(spec) for spec in specs] if specs else list(UPLOAD_SET)
+    except ValueError as error:
+        fail(str(error))
+    for entry in write_upload_clips(out, clips):
+        typer.echo(f"{entry['path']}: {entry['width']}x{entry['height']}, {entry['seconds']:g} s, "
+                   f"GOP {entry['gop_seconds']:g} s, {entry['bytes'] / 1e6:.1f} MB")
+    typer.echo(f"wrote {out / UPLOAD_MANIFEST}")
 
 
 @data_app.command("info")

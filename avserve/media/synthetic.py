@@ -7,8 +7,10 @@ No external ffmpeg is needed: PyAV's wheels bundle the encoders.
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -86,14 +88,16 @@ def write_clip(
     video: VideoTrack | None = None,
     audio: AudioTrack | None = None,
     container_format: str | None = None,
+    on_frame: Callable[[], None] | None = None,
 ) -> Path:
-    """Write a clip with the given tracks; the container follows the file extension."""
+    """Write a clip with the given tracks; the container follows the file extension.
+    `on_frame` is called after each video frame is encoded (a progress bar's update)."""
     path = Path(path)
     with av.open(str(path), mode="w", format=container_format) as container:
         video_stream = _add_video_stream(container, video) if video else None
         audio_stream = _add_audio_stream(container, audio) if audio else None
         if video and video_stream:
-            _encode_video(container, video_stream, video)
+            _encode_video(container, video_stream, video, on_frame)
         if audio and audio_stream:
             _encode_audio(container, audio_stream, audio)
     return path
@@ -121,22 +125,49 @@ def _add_video_stream(container: av.container.OutputContainer, track: VideoTrack
     return stream
 
 
+FOOTAGE_PAN = 3  # pixels per frame
+
+
 def footage_frame(index: int, height: int, width: int, grain: np.ndarray) -> np.ndarray:
-    """Smooth colour waves panning 3 px per frame, plus grain that changes every frame."""
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    x += 3 * index
+    """Smooth colour waves panning 3 px per frame, plus grain (footage_grain) that changes every frame."""
+    return _footage_panorama(height, width, FOOTAGE_PAN * index) + grain
+
+
+def footage_grain(count: int, height: int, width: int) -> np.ndarray:
+    """`count` fields of sensor grain to add to footage frames, as uint8 that wrap around: the
+    waves stay within 58..198 and the grain within +-40, so a plain uint8 sum never overflows
+    (at 1080p a float sum and clip would cost more than x264's encoding)."""
+    grain = np.random.default_rng(0).normal(0, 6, (count, height, width, 1)).round().clip(-40, 40)
+    # The same grain on all three channels, repeated rather than broadcast: numpy's broadcast
+    # add is an order of magnitude slower.
+    return np.repeat(grain.astype(np.int8).view(np.uint8), 3, axis=-1)
+
+
+def _footage_panorama(height: int, width: int, first_x: int = 0) -> np.ndarray:
+    """The waves (no grain) over columns [first_x, first_x + width): frame i is columns 3i.. of it."""
+    y, x = np.mgrid[0:height, first_x : first_x + width].astype(np.float32)
     waves = [np.sin(x / 23 + y / 41), np.sin(x / 57 - y / 19 + 1), np.sin((x + y) / 31 + 2)]
-    picture = np.stack(waves, axis=-1) * 70 + 128
-    return np.clip(picture + grain, 0, 255).astype(np.uint8)
+    return (np.stack(waves, axis=-1) * 70 + 128).round().astype(np.uint8)
 
 
-def _encode_video(container, stream, track: VideoTrack) -> None:
+def _footage_frames(track: VideoTrack, grains: np.ndarray):
+    """footage_frame(i) for every frame, the waves computed once per run of frames (they only pan)."""
+    run = 64
+    for first in range(0, track.num_frames, run):
+        count = min(run, track.num_frames - first)
+        panorama = _footage_panorama(track.height, track.width + FOOTAGE_PAN * (count - 1), FOOTAGE_PAN * first)
+        for index in range(first, first + count):
+            offset = FOOTAGE_PAN * (index - first)
+            yield panorama[:, offset : offset + track.width] + grains[index % len(grains)]
+
+
+def _encode_video(container, stream, track: VideoTrack, on_frame=None) -> None:
     # A few grain fields, cycled: fresh noise for every frame would dominate the time.
-    rng = np.random.default_rng(0)
-    grains = rng.normal(0, 6, (7, track.height, track.width, 1)).astype(np.float32)
+    grains = footage_grain(7, track.height, track.width)
+    footage = _footage_frames(track, grains) if track.content == "footage" else None
     for index in range(track.num_frames):
-        if track.content == "footage":
-            rgb = footage_frame(index, track.height, track.width, grains[index % len(grains)])
+        if footage is not None:
+            rgb = next(footage)
         else:
             rgb = index_pattern(index, track.height, track.width)
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
@@ -147,6 +178,8 @@ def _encode_video(container, stream, track: VideoTrack) -> None:
             frame.pts = index
             frame.time_base = Fraction(1, track.fps)
         container.mux(stream.encode(frame))
+        if on_frame is not None:
+            on_frame()
     container.mux(stream.encode(None))
 
 
@@ -191,6 +224,99 @@ def _encode_audio(container, stream, track: AudioTrack) -> None:
     for resampled in resampler.resample(None):
         container.mux(stream.encode(resampled))
     container.mux(stream.encode(None))
+
+
+# --- Upload-size clips --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UploadClip:
+    """A clip the size of what users upload: 16:9 H.264 (High, CABAC) + AAC stereo in mp4, footage
+    content, 30 fps, a keyframe exactly every `gop_seconds` (a phone records with a 1-2 s GOP)."""
+
+    height: int
+    seconds: float
+    gop_seconds: float
+    fps: int = 30
+    # x264's veryfast keeps CABAC and B-frames (what phones write, so decoding costs what theirs
+    # does) at ~4-5 Mbit/s for 1080p footage; it encodes 1080p at several frames a second on 2 cores.
+    preset: str = "veryfast"
+
+    SPEC = re.compile(r"(?P<height>\d+)p:(?P<seconds>[\d.]+):(?P<gop>[\d.]+)")
+
+    @classmethod
+    def parse(cls, spec: str) -> UploadClip:
+        """"HEIGHTp:SECONDS:GOP_SECONDS", e.g. "1080p:30:2"."""
+        match = cls.SPEC.fullmatch(spec.strip())
+        if match is None:
+            raise ValueError(f"upload clip {spec!r}: expected HEIGHTp:SECONDS:GOP_SECONDS, e.g. 1080p:30:2")
+        clip = cls(int(match["height"]), float(match["seconds"]), float(match["gop"]))
+        if clip.height < 16 or clip.height % 2 or not 0 < clip.seconds <= 600 or not 0 < clip.gop_seconds <= clip.seconds:
+            raise ValueError(f"upload clip {spec!r}: the height must be even and >= 16, 0 < GOP <= seconds <= 600")
+        return clip
+
+    @property
+    def width(self) -> int:
+        return round(self.height * 16 / 9 / 2) * 2  # H.264 4:2:0 needs even sizes
+
+    @property
+    def num_frames(self) -> int:
+        return round(self.seconds * self.fps)
+
+    @property
+    def gop_frames(self) -> int:
+        return max(1, round(self.gop_seconds * self.fps))
+
+    @property
+    def name(self) -> str:
+        return f"upload_{self.height}p_{self.seconds:g}s_gop{self.gop_seconds:g}s"
+
+    def tracks(self) -> tuple[VideoTrack, AudioTrack]:
+        video = VideoTrack(width=self.width, height=self.height, fps=self.fps, num_frames=self.num_frames,
+                           gop=self.gop_frames, content="footage", options={"preset": self.preset})
+        audio = AudioTrack(sample_rate=48000, layout="stereo", seconds=self.seconds, tone_hz=330.0, step_hz=20.0)
+        return video, audio
+
+
+# 720p and 1080p, 10-30 s, short (0.5 s) and long (2 s, 5 s) GOP. Encoding them once takes about
+# 5-8 min on 2 busy cores (1080p: ~4 frames/s), so the set stays small.
+UPLOAD_SET: tuple[UploadClip, ...] = (
+    UploadClip(720, 10, 0.5),
+    UploadClip(720, 20, 5),
+    UploadClip(1080, 10, 2),
+    UploadClip(1080, 30, 2),  # a phone's 30 s clip
+)
+UPLOAD_MANIFEST = "uploads.json"
+
+
+def write_upload_clips(directory: str | os.PathLike[str], clips: Sequence[UploadClip] = UPLOAD_SET, *,
+                       progress: bool = True) -> list[dict]:
+    """Write `clips` into `directory` as <name>.mp4 (a file already there is kept: encoding 1080p
+    takes minutes) and list them in its uploads.json; return their manifest entries."""
+    from tqdm import tqdm
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    missing = [clip for clip in clips if not (directory / f"{clip.name}.mp4").is_file()]
+    with tqdm(total=sum(c.num_frames for c in missing), desc="upload clips", unit="frame", disable=not progress) as bar:
+        for clip in missing:
+            bar.set_postfix_str(clip.name)
+            video, audio = clip.tracks()
+            path = directory / f"{clip.name}.mp4"
+            partial = path.with_suffix(".part.mp4")
+            write_clip(partial, video=video, audio=audio, on_frame=lambda: bar.update(1))
+            partial.replace(path)
+    manifest = directory / UPLOAD_MANIFEST
+    # Clips an earlier call wrote stay listed while their files are there.
+    earlier = json.loads(manifest.read_text())["clips"] if manifest.is_file() else []
+    names = {clip.name for clip in clips}
+    kept = [entry for entry in earlier if entry["name"] not in names and (directory / entry["path"]).is_file()]
+    entries = [{"name": clip.name, "path": f"{clip.name}.mp4", "width": clip.width, "height": clip.height,
+                "fps": clip.fps, "seconds": clip.seconds, "gop_seconds": clip.gop_seconds, "video": "h264",
+                "audio": "aac", "x264_preset": clip.preset, "bytes": (directory / f"{clip.name}.mp4").stat().st_size}
+               for clip in clips]
+    manifest.write_text(json.dumps({"clips": kept + entries}, indent=2) + "\n")
+    return entries
 
 
 # --- Damaged copies ---------------------------------------------------------------------

@@ -21,7 +21,8 @@ def test_closed_and_fixed_rate_runs_against_a_real_gateway(gateway_url, clip_dir
     clips = make_clips(clip_dir)
 
     async def go():
-        target = HttpTarget("gateway", gateway_url, clips)
+        # the gateway runs in this process (its media workers are children): its tree's CPU
+        target = HttpTarget("gateway", gateway_url, clips, server_pids=(os.getpid(),))
         try:
             closed = await closed_loop(target, clips, 2, 2.0)
             rate = await fixed_rate(target, clips, 4.0, 2.0)
@@ -35,6 +36,9 @@ def test_closed_and_fixed_rate_runs_against_a_real_gateway(gateway_url, clip_dir
         assert stats["ok"] > 0 and stats["error_ratio"] == 0.0, summary
         assert stats["p50_ms"] <= stats["p95_ms"] <= stats["p99_ms"]
         assert set(stats["stages_ms"]) == {"decode", "inference", "overhead"}
+        cpu = summary["cpu"]
+        assert cpu["requests"] >= stats["ok"] and cpu["seconds"] > 0, cpu
+        assert cpu["ms_per_request"] == pytest.approx(cpu["seconds"] * 1000 / cpu["requests"], rel=1e-3)
     assert set(closed["routes"]) <= {"av", "audio", "video"} and closed["routes"]
 
 
@@ -81,10 +85,11 @@ def test_report_ratios_markdown_and_plot(tmp_path):
 
     from loadtests.report import compute_ratios, write_report
 
-    def run(target, mode, load, throughput, p50, routes=None):
+    def run(target, mode, load, throughput, p50, routes=None, decode=1.0):
         stats = {"requests": 10, "ok": 10, "error_ratio": 0.0, "throughput": throughput, "p50_ms": p50, "p95_ms": p50 * 2,
-                 "p99_ms": p50 * 3, "stages_ms": {"decode": 1.0, "inference": 2.0, "overhead": 0.5}}
-        return {"target": target, "mode": mode, "load": load, "seconds": 1, "all": stats,
+                 "p99_ms": p50 * 3, "stages_ms": {"decode": decode, "inference": 2.0, "overhead": 0.5}}
+        cpu = {"seconds": 1.0, "requests": 10, "ms_per_request": p50 / 2, "cores": 1.0}  # CPU ms/req: half the p50
+        return {"target": target, "mode": mode, "load": load, "seconds": 1, "all": stats, "cpu": cpu,
                 "routes": routes or {"av": stats}}
 
     runs = []
@@ -94,8 +99,15 @@ def test_report_ratios_markdown_and_plot(tmp_path):
         runs.append(run(target, "rate", 6.0, 6.0, 2000 / speed))
     for route, speed in (("av", 10), ("audio", 30), ("video", 20)):
         runs.append(run(f"gateway-embedded[{route}]", "closed", 4, speed, 100 / speed))
+    for target, p50, decode in (("gateway-embedded", 400, 300.0), ("gateway-embedded-fast", 200, 100.0),
+                                ("torch-eager", 800, 300.0)):
+        runs.append(run(f"{target}[uploads 1080p long GOP]", "closed", 2, 1000 / p50, p50, decode=decode))
     runs[1]["all"]["error_ratio"] = 0.25  # gateway-embedded, closed, 4 (its route entry is the same dict)
-    report = {"runs": runs, "settings": {"concurrency": [1, 4], "seconds": 1}, "started": "now", "wall_seconds": 1,
+    report = {"uploads": {"groups": {"1080p long GOP": ["upload_1080p_10s_gop2s"]}, "concurrency": 2, "seconds": 1,
+                          "sampling_supported": False},
+              "upload_clips": [{"name": "upload_1080p_10s_gop2s", "group": "1080p long GOP", "width": 1920,
+                                "height": 1080, "seconds": 10.0, "gop_seconds": 2.0, "bytes": 5_200_000}],
+              "runs": runs, "settings": {"concurrency": [1, 4], "seconds": 1}, "started": "now", "wall_seconds": 1,
               "machine": {"cpus": 2}, "flops_per_clip": {"av": 2e8, "audio": 1e8, "video": 7e7},
               "matmul_peak_flops": 5e10, "graph_only": {"flops_per_s": 2e10, "batch": 8, "batch1_ms": {"av": 4.0, "audio": 2.0, "video": 1.0}, "av_batch_clips_per_s": 400.0, "av_batch1_clips_per_s": 250.0},
               "model": {"family": "zorro_tiny", "parameters": 1e6, "checkpoint": None, "preset": "zorro_tiny"}}
@@ -105,6 +117,8 @@ def test_report_ratios_markdown_and_plot(tmp_path):
         "avserve vs FastAPI + PyTorch eager", "gateway (Triton backend) vs Triton direct",
         "embedded backend vs Triton backend", "micro-batching on vs off", "audio-only vs audio+video requests",
         "video-only vs audio+video requests", "achieved model FLOP/s vs matmul peak",
+        "avserve vs FastAPI + PyTorch eager, upload-size clips (1080p long GOP)",
+        "`fast` vs `exact` frame sampling, upload-size clips (1080p long GOP)",
     }
     eager = next(r for r in ratios if r["comparison"].startswith("avserve vs") and r["metric"].startswith("peak"))
     assert eager["ratio"] == 4.0 and eager["avserve_ahead"]
@@ -119,15 +133,17 @@ def test_report_ratios_markdown_and_plot(tmp_path):
     # bench.json: the whole report, every run and ratio, as written
     written = json.loads(paths[0].read_text())
     assert written == report
-    assert len(written["runs"]) == 18 and len(written["ratios"]) == len(ratios) == 22
+    # 22 as before, server CPU at concurrency 1 and 4 for the 4 pairs, 4 + 2 on the upload-size clips
+    assert len(written["runs"]) == 21 and len(written["ratios"]) == len(ratios) == 22 + 8 + 6
 
     # bench.md: the title, the model line, and one row per ratio, per run, per route at the top concurrency
     markdown = paths[1].read_text()
     assert markdown.startswith("# avserve bench — now\n\nModel: `zorro_tiny` (1.00 M parameters, seeded untrained "
                                "zorro_tiny); 2 CPUs; 1 s per point; total 1 s.\n")
     tables = _tables(markdown)
-    assert list(tables) == ["Ratios (ours / theirs)", "Runs", "Per route (closed loop, highest concurrency)"]
-    ratio_rows, run_rows, route_rows = tables.values()
+    assert list(tables) == ["Ratios (ours / theirs)", "Runs", "Upload-size clips",
+                            "Per route (closed loop, highest concurrency)"]
+    ratio_rows, run_rows, upload_rows, route_rows = tables.values()
     assert [row[:2] for row in ratio_rows] == [[r["comparison"], r["metric"]] for r in ratios]
     for row in (
         ["avserve vs FastAPI + PyTorch eager", "peak throughput (req/s)", "20.0 (gateway-embedded)", "5.0 (torch-eager)",
@@ -142,11 +158,30 @@ def test_report_ratios_markdown_and_plot(tmp_path):
          "0.5", "yes"],
         ["achieved model FLOP/s vs matmul peak", "gateway end to end (FLOP/s)", "4.00 G (gateway-embedded)",
          "50.00 G (matmul peak)", "0.08", "no"],
+        ["avserve vs FastAPI + PyTorch eager", "server CPU per request at concurrency 4 (ms)", "100.0 (gateway-embedded)",
+         "400.0 (torch-eager)", "0.25", "yes"],
+        ["micro-batching on vs off", "server CPU per request at concurrency 1 (ms)", "25.0 (gateway-embedded)",
+         "41.7 (gateway-embedded-nomb)", "0.6", "yes"],
+        ["avserve vs FastAPI + PyTorch eager, upload-size clips (1080p long GOP)",
+         "server CPU per request at concurrency 2 (ms)", "100.0 (gateway-embedded-fast)", "400.0 (torch-eager)", "0.25",
+         "yes"],
+        ["avserve vs FastAPI + PyTorch eager, upload-size clips (1080p long GOP)",
+         "server CPU per request at concurrency 2 (ms)", "200.0 (gateway-embedded)", "400.0 (torch-eager)", "0.5", "yes"],
+        ["`fast` vs `exact` frame sampling, upload-size clips (1080p long GOP)",
+         "server CPU per request at concurrency 2 (ms)", "100.0 (fast)", "200.0 (exact)", "0.5", "yes"],
+        ["`fast` vs `exact` frame sampling, upload-size clips (1080p long GOP)",
+         "decode, median per request (ms, server timings)", "100.0 (fast)", "300.0 (exact)", "0.333", "yes"],
     ):
         assert row in ratio_rows, (row, ratio_rows)
     assert [row[:3] for row in run_rows] == [[r["target"], r["mode"], str(r["load"])] for r in runs]
-    assert ["gateway-embedded", "closed", "4", "20.0", "200", "400", "600", "25.0%", "1.0", "2.0", "0.5"] in run_rows
-    assert ["torch-eager", "rate", "6.0", "6.0", "400", "800", "1200", "0.0%", "1.0", "2.0", "0.5"] in run_rows
+    assert ["gateway-embedded", "closed", "4", "20.0", "200", "400", "600", "25.0%", "100.0", "1.00", "1.0", "2.0",
+            "0.5"] in run_rows
+    assert ["torch-eager", "rate", "6.0", "6.0", "400", "800", "1200", "0.0%", "200.0", "1.00", "1.0", "2.0",
+            "0.5"] in run_rows
+    assert ["gateway-embedded-fast[uploads 1080p long GOP]", "closed", "2", "5.0", "200", "400", "600", "0.0%", "100.0",
+            "1.00", "100.0", "2.0", "0.5"] in run_rows
+    assert upload_rows == [["upload_1080p_10s_gop2s", "1080p long GOP", "1920x1080", "10", "2", "5.2"]]
+    assert "`gateway-embedded-fast` measured exact sampling too" in markdown  # the decoder takes no `sampling` yet
     assert [row[:2] for row in route_rows] == [[r["target"], "av"] for r in runs if r["mode"] == "closed" and r["load"] == 4]
     assert ["triton-direct", "av", "40.0", "100", "200", "300", "0.0%", "1.0", "2.0", "0.5"] in route_rows
 
