@@ -223,6 +223,9 @@ def evaluate(
         Optional[str],
         typer.Option(help="Score one serving route on every clip that has its inputs: av | audio | video (others removed)."),
     ] = None,
+    frame_sampling: Annotated[
+        str, typer.Option(help="exact | fast: pick video frames as a gateway with this `sampling` does.")
+    ] = "exact",
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
 ) -> None:
     """Score a trained run on a split: each head, the served (averaged) prediction, each kind of clip."""
@@ -231,7 +234,10 @@ def evaluate(
     from training.evaluate import evaluate_run
 
     try:
-        result = evaluate_run(checkpoint, data, split=split, batch_size=batch_size, workers=workers, route=route)
+        result = evaluate_run(
+            checkpoint, data, split=split, batch_size=batch_size, workers=workers, route=route,
+            frame_sampling=frame_sampling,
+        )  # fmt: skip
     except (CheckpointError, DatasetError, ValueError) as error:
         fail(str(error))
     if as_json:

@@ -141,6 +141,7 @@ def run_outputs(
     zero_fill: bool = False,
     batch_size: int = 32,
     workers: int = 0,
+    frame_sampling: str = "exact",
 ):
     """(model, run info, CollectedOutputs) of a finished run's best checkpoint on one split.
 
@@ -149,11 +150,16 @@ def run_outputs(
     computation), "video" likewise, "av" only the clips with both. `zero_fill` instead feeds the
     removed modality as zeros to the audio+video model (what a family without unimodal graphs
     would serve). Default: every clip as it is (unimodal files as unimodal requests).
+    `frame_sampling` "fast" picks video frames as a gateway with `sampling=fast` does.
     """
     from training.checkpoint import load_run
     from training.data.dataset import AVClipDataset, EpochSampler, Preprocessing, collate
     from training.data.records import DatasetError, load_records
 
+    from avserve.media.video import SAMPLING_MODES
+
+    if frame_sampling not in SAMPLING_MODES:
+        raise ValueError(f"frame sampling must be one of {', '.join(SAMPLING_MODES)}, not {frame_sampling!r}")
     model, info = load_run(run_dir)
     records = load_records(data)
     if list(records.classes) != list(info.classes):
@@ -178,6 +184,7 @@ def run_outputs(
         train=False,
         modalities=modalities,
         missing=missing,
+        frame_sampling=frame_sampling,
     )
     if len(dataset) == 0:
         raise DatasetError(f"split {split!r} of {data} has no clip with the modalities {modalities}")
@@ -206,15 +213,20 @@ def evaluate_run(
     batch_size: int = 32,
     workers: int = 0,
     route: str | None = None,
+    frame_sampling: str = "exact",
 ) -> dict[str, Any]:
-    """Score a finished run's best checkpoint on one split (see `run_outputs` for `route`)."""
-    model, info, outputs = run_outputs(run_dir, data, split, route=route, batch_size=batch_size, workers=workers)
+    """Score a finished run's best checkpoint on one split (see `run_outputs` for `route` and
+    `frame_sampling`)."""
+    model, info, outputs = run_outputs(
+        run_dir, data, split, route=route, batch_size=batch_size, workers=workers, frame_sampling=frame_sampling
+    )
     result = {
         "run": str(run_dir),
         "checkpoint": info.checkpoint,
         "step": info.step,
         "split": split,
         "route": route or "as-is",
+        "frame_sampling": frame_sampling,
         "num_clips": len(outputs.target),
     }
     result.update(score_outputs(model, outputs.logits, outputs.target, outputs.has_audio, outputs.has_video, info.multilabel))

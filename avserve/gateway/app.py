@@ -35,8 +35,8 @@ START_RETRY_SECONDS = 1.0
 
 
 def resolve_settings(app: FastAPI) -> GatewaySettings:
-    """The settings routes see: an override (tests, `create_app(settings)`) or the environment."""
-    return app.dependency_overrides.get(get_settings, get_settings)()
+    """The settings routes see (`create_app(settings)`, else the environment's)."""
+    return app.state.settings
 
 
 def build_backend(settings: GatewaySettings) -> InferenceBackend:
@@ -108,8 +108,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    if settings is not None:
-        app.dependency_overrides[get_settings] = lambda: settings
+    # In the app's state rather than `dependency_overrides`: with any override set, FastAPI
+    # re-analyses every dependency's signature on every request (a third of the gateway's own
+    # CPU per request, profiled with loadtests/profile_request.py).
+    app.state.settings = settings if settings is not None else get_settings()
     install_error_handlers(app)
     app.add_middleware(OperatorAccessMiddleware)  # /metrics and the docs: API key or metrics port
     app.add_middleware(RequestContextMiddleware)  # outermost: request id, access log

@@ -24,7 +24,8 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import ApiError, error_response
-from .settings import GatewaySettings, get_settings
+from .dependencies import get_app_settings
+from .settings import GatewaySettings
 
 METRICS_PATH = "/metrics"
 
@@ -42,7 +43,7 @@ def key_is_valid(candidate: str, settings: GatewaySettings) -> bool:
 
 
 async def require_api_key(
-    settings: Annotated[GatewaySettings, Depends(get_settings)],
+    settings: Annotated[GatewaySettings, Depends(get_app_settings)],
     header_key: Annotated[str | None, Security(_api_key_header)] = None,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
 ) -> None:
@@ -114,7 +115,7 @@ class OperatorAccessMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             application = scope["app"]  # the FastAPI app (Starlette sets it before any middleware)
-            settings = application.dependency_overrides.get(get_settings, get_settings)()
+            settings = application.state.settings
             if self._docs_paths is None:
                 urls = (application.docs_url, application.redoc_url, application.openapi_url)
                 oauth = application.swagger_ui_oauth2_redirect_url if application.docs_url else None

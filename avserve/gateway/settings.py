@@ -2,8 +2,9 @@
 
     AVSERVE_REPOSITORY=model_repository AVSERVE_BACKEND=triton avserve serve
 
-Routers receive the settings through the `get_settings` dependency, so a test (or
-`create_app(settings)`) replaces them with `app.dependency_overrides[get_settings]`.
+`get_settings()` reads them from the environment once; `create_app(settings)` (tests, the
+CLI) keeps the given ones in `app.state.settings`, and routers receive them through the
+`get_app_settings` dependency (avserve.gateway.dependencies).
 """
 
 from __future__ import annotations

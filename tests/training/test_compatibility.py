@@ -110,3 +110,20 @@ def test_a_contrastive_run_from_before_fine_tunes_and_its_projectors_resume(lega
     setup = ObjectiveSetup(model=trainer.model, classes=info.classes, multilabel=False, recipe=resolve_recipe("contrastive"))
     objective = get_objective("contrastive")(setup)
     objective.projectors.load_state_dict(ckpt.module_states(legacy)["projectors"])
+
+
+def test_evaluation_can_pick_frames_as_a_fast_sampling_gateway(legacy_data):
+    """`frame_sampling="fast"` scores what a gateway with `sampling=fast` serves: on the synthetic set
+    (a keyframe every second) some frames change, so the video route's scores do; audio's do not."""
+    from training.evaluate import run_outputs
+
+    run = LEGACY / "zorro_supervised"
+    outputs = {
+        (route, sampling): run_outputs(run, legacy_data, "test", route=route, frame_sampling=sampling)[2]
+        for route in ("audio", "video") for sampling in ("exact", "fast")
+    }  # fmt: skip
+    np.testing.assert_array_equal(outputs["audio", "exact"].logits["logits"], outputs["audio", "fast"].logits["logits"])
+    exact, fast = outputs["video", "exact"].logits["logits"], outputs["video", "fast"].logits["logits"]
+    assert exact.shape == fast.shape and not np.allclose(exact, fast)
+    with pytest.raises(ValueError, match="frame sampling"):
+        run_outputs(run, legacy_data, "test", frame_sampling="keyframes")

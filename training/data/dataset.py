@@ -81,6 +81,7 @@ class AVClipDataset(Dataset):
         seed: int = 0,
         video_augment: VideoAugmentConfig | None = VideoAugmentConfig(),
         train_decode_scale: float = 1.15,
+        frame_sampling: str = "exact",
     ):
         if missing not in ("zero", "skip"):
             raise ValueError(f"missing must be 'zero' or 'skip', not {missing!r}")
@@ -89,6 +90,9 @@ class AVClipDataset(Dataset):
         self.multilabel = bool(multilabel)
         self.pre = preprocessing
         self.train = bool(train)
+        # How evaluation picks frames, as the gateway's `sampling` parameter (avserve.media.video):
+        # "fast" scores what a server with fast sampling answers. Training always decodes exactly.
+        self.frame_sampling = frame_sampling
         self.modalities = tuple(m for m in MODALITIES if m in modalities)
         self.missing = missing
         self.seed = int(seed)
@@ -209,7 +213,10 @@ class AVClipDataset(Dataset):
                 path, num_frames=self.pre.num_frames, size=self.train_decode_size, start=start, duration=self.pre.clip_seconds
             )
             return augment_video(decoded.frames, self.pre.image_size, rng, self.video_augment)
-        decoded = decode_video(path, num_frames=self.pre.num_frames, size=self.pre.image_size, start=start, duration=self.pre.clip_seconds)
+        decoded = decode_video(
+            path, num_frames=self.pre.num_frames, size=self.pre.image_size, start=start, duration=self.pre.clip_seconds,
+            sampling=self.frame_sampling,
+        )  # fmt: skip
         return eval_video(decoded.frames, self.pre.image_size)
 
 

@@ -13,12 +13,12 @@ from avserve.media.video import Sampling
 from ..admission import Refusal
 from ..auth import require_api_key
 from ..classifier import Classifier, ClassifyParams
-from ..dependencies import get_backend, get_classifier, get_metrics
+from ..dependencies import get_app_settings, get_classifier, get_metrics
 from ..errors import ApiError, openapi_errors
 from ..metrics import GatewayMetrics
 from ..routing import ModalityChoice, Route, default_family
 from ..schemas import ClassifyResponse
-from ..settings import GatewaySettings, get_settings
+from ..settings import GatewaySettings
 from ..upload import UPLOAD_FIELD, spooled_upload
 
 router = APIRouter(tags=["classify"])
@@ -54,7 +54,7 @@ _REQUEST_BODY = {
 )
 async def classify(
     request: Request,
-    settings: Annotated[GatewaySettings, Depends(get_settings)],
+    settings: Annotated[GatewaySettings, Depends(get_app_settings)],
     classifier: Annotated[Classifier, Depends(get_classifier)],
     metrics: Annotated[GatewayMetrics, Depends(get_metrics)],
     model: Annotated[str | None, Query(description="Model family; default: the server's default.")] = None,
@@ -79,7 +79,7 @@ async def classify(
     began = time.perf_counter()
     arrival = time.monotonic()
     state = request.app.state
-    family = model or default_family(get_backend(request).repository, settings.default_model) or ""
+    family = model or default_family(classifier.backend.repository, settings.default_model) or ""
     labels = {"model": family or "unknown", "route": "none"}
     log_fields = request.scope.setdefault("state", {}).setdefault("log_fields", {})
 
@@ -88,7 +88,7 @@ async def classify(
         metrics.stage_seconds.labels("total", labels["model"], labels["route"]).observe(time.perf_counter() - began)
         log_fields.update(model=labels["model"], route=labels["route"], code=code)
 
-    families = get_backend(request).repository.families
+    families = classifier.backend.repository.families
     if not families:
         # The Triton backend learns its models from the server: none yet means it is away.
         record(503, "backend_unavailable")
