@@ -146,7 +146,8 @@ def batch_curve_lines(report: dict, pays_below: float = 0.9) -> list[str]:
     batches = sorted({rows for curve in curves.values() for rows in curve})
     family = report.get("model", {}).get("family", "")
     lines = ["## Batch curve (each graph alone, onnxruntime, ms per clip; median of interleaved rounds)", "",
-             "| graph | " + " | ".join(f"batch {rows}" for rows in batches) + f" | batch {batches[-1]} vs 1 | batches up to |",
+             "| graph | " + " | ".join(f"batch {rows}" for rows in batches)
+             + f" | batch {batches[-1]} vs 1 | batches up to |",
              "|---|" + "---:|" * (len(batches) + 2)]
     for route, curve in curves.items():
         single = curve[1]

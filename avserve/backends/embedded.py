@@ -21,16 +21,25 @@ The batching rule: batch where it pays, never wait on an idle model for nothing.
 
 * How many rows (per model, at start-up): warm-up measures the model's batch curve, the
   time per clip at batch 1, 2, 4, 8 (up to its largest batch; the best of up to ten
-  interleaved rounds within `batch_curve_seconds`; a model too slow for one round, such as a
-  paper-size one, gets only batch 1 and its largest batch, once). `max_rows` is the largest measured batch whose time per
-  clip is below `batch_pays_below` (0.9) x batch 1's; when none is, `max_rows` is 1 and the
-  model never batches. On a CPU a large model's GEMMs are already big at batch 1 and batching
-  gains nothing (zorro_vit_b16's audio graph: 251 ms/clip at batch 1, 288 at batch 8), while
-  a tiny graph gains 1.7x at batch 8. `follow_batch_curve=False` batches up to
-  `max_batch_size` whatever the curve says.
+  interleaved rounds within `batch_curve_seconds`; a model too slow for one round, such as
+  a paper-size one, gets only batch 1 and its largest batch, once). `max_rows` is the
+  largest measured batch whose time per clip is below `batch_pays_below` (0.9) x batch 1's;
+  when none is, `max_rows` is 1 and the model never batches. On a CPU a large model's GEMMs
+  are already big at batch 1 and batching gains nothing (zorro_vit_b16's audio graph: 251
+  ms/clip at batch 1, 288 at batch 8), while a tiny graph gains 1.7x at batch 8.
+  `follow_batch_curve=False` batches up to `max_batch_size` whatever the curve says.
 * When to run: a request that reaches an idle model (nothing running, nothing queued) runs
   at once, alone. Requests that queued while a batch ran form the next batch, taken as soon
   as the model is free: they have waited already, and under load batches form by themselves.
+* How many of the queued to take: a batch answers all its requests only when its last clip
+  is done, so batching a short queue can cost its first requests more than it saves. With N
+  rows queued, c(k) the curve's time per clip at batch k (interpolated between measured
+  sizes), running k of them as one batch instead of one by one changes the queue's total
+  latency by N k c(k) - c(1) k ((k + 1) / 2 + N - k) (the batch's k finish together instead
+  of one after another; the N - k behind it start sooner or later). The batcher takes the k
+  (up to `max_rows`) that lowers it most, or 1: batch k pays only when
+  c(k) / c(1) < 1 - (k - 1) / 2N. A queue of 2 with batch 2 at 0.91x runs one by one; deep
+  queues under overload take full batches.
 * When to wait for a partner (the one exception): with t1 and t2 the model's times for a
   batch of one and of two (from its curve), a lone request run at once and a partner
   arriving g seconds later (g < t1) finish after t1 and 2 t1 - g (the partner waits for the
@@ -223,6 +232,21 @@ class EmbeddedBackend(InferenceBackend):
 # ---- the batching policy -----------------------------------------------------------------------
 
 
+def rows_worth_batching(per_clip_ms: Sequence[float], queued: int) -> int:
+    """How many of `queued` rows to run as one batch now (module docstring).
+
+    `per_clip_ms[k]`: ms per clip at batch k, for k = 1 .. the model's max_rows (index 0 unused).
+    """
+    single = per_clip_ms[1]
+    best_rows, best_saving = 1, 0.0
+    for rows in range(2, min(queued, len(per_clip_ms) - 1) + 1):
+        one_by_one = single * rows * ((rows + 1) / 2 + queued - rows)
+        saving = one_by_one - queued * rows * per_clip_ms[rows]
+        if saving > best_saving:
+            best_rows, best_saving = rows, saving
+    return best_rows
+
+
 def choose_batch_policy(ms_per_clip: Mapping[int, float], largest: int, settings: EmbeddedSettings) -> BatchPolicy:
     """A model's rows per run and partner wait, from its batch curve (see the module docstring).
 
@@ -312,6 +336,15 @@ class _ModelWorker:
         self.max_rows = policy.max_rows
         self.batching = self.max_rows > 1
         self.partner_wait = policy.partner_wait_ms / 1000
+        # ms per clip at every batch size up to max_rows, for sizing batches to the queue; None:
+        # no curve to follow (not measured, or follow_batch_curve off): take up to max_rows.
+        self.per_clip_ms: list[float] | None = None
+        if self.batching and settings.follow_batch_curve and len(policy.ms_per_clip) > 1:
+            measured = sorted(policy.ms_per_clip)
+            self.per_clip_ms = [math.nan] + [
+                float(np.interp(rows, measured, [policy.ms_per_clip[m] for m in measured]))
+                for rows in range(1, self.max_rows + 1)
+            ]
         # Average gap between arrivals (inf until two have come): says when a partner is due.
         self.arrival_gap = math.inf
         self.last_arrival: float | None = None
@@ -437,6 +470,7 @@ class _ModelWorker:
     def _take(self) -> list[_Request]:
         batch: list[_Request] = []
         rows = 0
+        limit = self.max_rows if self.per_clip_ms is None else rows_worth_batching(self.per_clip_ms, self.pending_rows)
         now = time.monotonic()
         while self.pending:
             request = self.pending[0]
@@ -444,7 +478,7 @@ class _ModelWorker:
             if live and request.deadline is not None and request.deadline <= now:
                 request.future.set_exception(BackendTimeout(f"deadline passed while {self.spec.name!r} was queued"))
                 live = False
-            if live and batch and (rows + request.rows > self.max_rows or request.signature != batch[0].signature):
+            if live and batch and (rows + request.rows > limit or request.signature != batch[0].signature):
                 break
             self.pending.popleft()
             self.pending_rows -= request.rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import AsyncIterator
 
@@ -18,7 +19,7 @@ from avserve.backends import (
     InferenceFailed,
     create_backend,
 )
-from avserve.backends.embedded import EmbeddedBackend, choose_batch_policy
+from avserve.backends.embedded import EmbeddedBackend, choose_batch_policy, rows_worth_batching
 from avserve.repository import load_repository
 
 pytestmark = pytest.mark.anyio
@@ -58,7 +59,11 @@ async def test_64_concurrent_requests_get_their_own_answers(
     events: list[BatchEvent] = []
     # Batching up to 8 rows whatever this noisy machine's curve says: the answers are the point.
     settings = EmbeddedSettings(
-        micro_batching=micro_batching, max_batch_size=8, follow_batch_curve=False, batch_curve_seconds=0, intra_op_threads=1
+        micro_batching=micro_batching,
+        max_batch_size=8,
+        follow_batch_curve=False,
+        batch_curve_seconds=0,
+        intra_op_threads=1,
     )
     backend = create_backend("embedded", repository_dir=zorro_dir, settings=settings, on_batch=events.append)
     await backend.start()
@@ -316,6 +321,20 @@ def test_the_batch_policy_follows_the_curve() -> None:
     assert choose_batch_policy({1: 10.0, 2: 4.0}, 2, EmbeddedSettings(micro_batching=False)).max_rows == 1
     unmeasured = choose_batch_policy({}, 8, settings)
     assert unmeasured.max_rows == 8 and unmeasured.partner_wait_ms == 0
+
+
+def test_batches_are_sized_to_the_queue() -> None:
+    # Per-clip cost at batch 1..8 (index 0 unused): batch 2 at 0.91x, batch 8 at 0.8x of batch 1.
+    modest = [math.nan, 10.0, 9.1, 9.0, 8.8, 8.6, 8.4, 8.2, 8.0]
+    # Two queued: batching them finishes the first later than it saves the second.
+    assert rows_worth_batching(modest, 1) == 1 and rows_worth_batching(modest, 2) == 1
+    # A deeper queue: a small batch drains it sooner for everyone behind.
+    assert rows_worth_batching(modest, 8) == 2
+    # Overload: full batches.
+    assert rows_worth_batching(modest, 64) == 8
+    # Near-perfect batching pays at any depth; no gain never does.
+    assert rows_worth_batching([math.nan, 10.0, 5.0, 3.4, 2.5], 2) == 2
+    assert rows_worth_batching([math.nan, 10.0, 10.0, 10.0, 10.0], 64) == 1
 
 
 def test_factory_and_settings_are_checked(zorro_dir) -> None:
