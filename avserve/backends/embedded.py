@@ -20,7 +20,7 @@ How a request travels (one `_ModelWorker` per model):
 The batching rule: batch where it pays, never wait on an idle model for nothing.
 
 * How many rows (per model, at start-up): warm-up measures the model's batch curve, the
-  time per clip at batch 1, 2, 4, 8 (up to its largest batch; the best of up to ten
+  time per clip at batch 1, 2, 4, 8 (up to its largest batch; the best of up to five
   interleaved rounds within `batch_curve_seconds`; a model too slow for one round, such as
   a paper-size one, gets only batch 1 and its largest batch, once). `max_rows` is the
   largest measured batch whose time per clip is below `batch_pays_below` (0.9) x batch 1's;
@@ -107,8 +107,8 @@ CPU_PROVIDER = "CPUExecutionProvider"
 MIN_RETRY_AFTER_SECONDS = 0.05
 # Batch sizes the batch curve measures (up to a model's largest batch, which is added).
 CURVE_SIZES = (1, 2, 4, 8)
-# Rounds of the curve's runs at most: the best of ten is steady on a shared machine.
-CURVE_MAX_ROUNDS = 10
+# Rounds of the curve's runs at most: the best of five is steady enough on a shared machine.
+CURVE_MAX_ROUNDS = 5
 # Weight of the newest gap in a model's average inter-arrival gap: a few arrivals move it.
 ARRIVAL_GAP_WEIGHT = 0.2
 
@@ -262,9 +262,8 @@ def choose_batch_policy(ms_per_clip: Mapping[int, float], largest: int, settings
             max_rows=largest, reason="no batch curve measured: batches only what queued", ms_per_clip=curve
         )
     single = curve[1]
-    # The second-smallest measured batch stands in for a pair when batch 2 was not measured.
-    pair_rows = min(rows for rows in curve if rows > 1)
-    pair_seconds, single_seconds = 2 * curve[pair_rows] / 1000, single / 1000
+    # Interpolated when batch 2 was not measured, as the batcher sizes batches (`per_clip_ms`).
+    pair_seconds, single_seconds = 2 * float(np.interp(2, list(curve), list(curve.values()))) / 1000, single / 1000
     partner_wait = min(1.5 * single_seconds - pair_seconds, single_seconds / 2, settings.max_delay_ms / 1000)
     paying = [rows for rows, ms in curve.items() if rows > 1 and ms < settings.batch_pays_below * single]
     best_rows = min(curve, key=lambda rows: curve[rows] / single)

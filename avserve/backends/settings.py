@@ -24,7 +24,7 @@ class EmbeddedSettings:
     batch_pays_below: float = 0.9
     # Start-up time measuring one model's curve may take (a slow model still gets batch 1 and
     # its largest batch, once); 0: no curve (rows up to max_batch_size, no waiting for partners).
-    batch_curve_seconds: float = 0.5
+    batch_curve_seconds: float = 1.0
     max_queue: int = 64  # queued requests per model before shedding with BackendOverloaded
     batches_in_flight: int = 1  # concurrent session runs per model (1 = batches form under load)
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # auto: CUDA when onnxruntime-gpu has it

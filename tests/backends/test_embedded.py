@@ -316,6 +316,8 @@ def test_the_batch_policy_follows_the_curve() -> None:
     assert choose_batch_policy(cheap_pair, 4, settings).partner_wait_ms == pytest.approx(2.0)
     assert choose_batch_policy(cheap_pair, 4, EmbeddedSettings(max_delay_ms=50)).partner_wait_ms == pytest.approx(4.0)
     assert choose_batch_policy({1: 10.0, 2: 4.0}, 2, EmbeddedSettings(max_delay_ms=50)).partner_wait_ms == 5.0
+    # Batch 2 not measured (a slow model): interpolated between 1 and 8, 9.5 ms a clip: no hold.
+    assert choose_batch_policy({1: 10.0, 8: 6.5}, 8, EmbeddedSettings(max_delay_ms=50)).partner_wait_ms == 0
     # The overrides, and no curve.
     assert choose_batch_policy({1: 251.0, 8: 288.0}, 8, EmbeddedSettings(follow_batch_curve=False)).max_rows == 8
     assert choose_batch_policy({1: 10.0, 2: 4.0}, 2, EmbeddedSettings(micro_batching=False)).max_rows == 1
