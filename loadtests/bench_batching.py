@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from avserve.backends import EmbeddedSettings
+from avserve.backends import BatchEvent, EmbeddedSettings
 from avserve.backends.embedded import EmbeddedBackend
 
 ROUTE_WEIGHTS = {"av": 0.5, "audio": 0.25, "video": 0.25}
@@ -66,7 +66,17 @@ def export(preset: str, directory: Path) -> Path:
 
 async def run(args) -> None:
     sides = {"on": EmbeddedSettings(), "off": EmbeddedSettings(micro_batching=False)}
-    backends = {name: EmbeddedBackend(args.repository, settings) for name, settings in sides.items()}
+    # The on side's runs as served (other models running alongside): ms per clip by batch size.
+    served: dict[tuple[str, int], list[float]] = defaultdict(list)
+
+    def on_batch(event: BatchEvent) -> None:
+        if event.ok:
+            served[event.model, event.rows].append(event.seconds * 1000 / event.rows)
+
+    backends = {
+        name: EmbeddedBackend(args.repository, settings, on_batch=on_batch if name == "on" else None)
+        for name, settings in sides.items()
+    }
     for name, backend in backends.items():
         began = time.perf_counter()
         await backend.start()
@@ -145,6 +155,8 @@ async def run(args) -> None:
     for model in models.values():
         sizes = {rows: count - before[model].batch_sizes.get(rows, 0) for rows, count in after[model].batch_sizes.items()}
         print(f"  {model}: {dict(sorted((r, c) for r, c in sizes.items() if c))}  held {after[model].held - before[model].held}")
+        as_served = {rows: float(np.mean(ms)) for (name, rows), ms in sorted(served.items()) if name == model}
+        print(f"    ms/clip as served: " + ", ".join(f"{rows}: {ms:.2f}" for rows, ms in as_served.items()))
 
 
 def summary(latencies: list[float], seconds: float) -> tuple[float, float, float]:

@@ -40,6 +40,13 @@ The batching rule: batch where it pays, never wait on an idle model for nothing.
   (up to `max_rows`) that lowers it most, or 1: batch k pays only when
   c(k) / c(1) < 1 - (k - 1) / 2N. A queue of 2 with batch 2 at 0.91x runs one by one; deep
   queues under overload take full batches.
+* The curve as served: measured alone at start-up, batches may save less once the other
+  models run alongside on the same cores (on a loaded 2-core host the tiny `_av` graph's
+  batches of 4 cost more per clip as served than its single runs, though 0.7x alone). So
+  the batcher tracks, per model, how much slower than the curve its served batches run
+  relative to its served single runs (`_ServedCost`), and scales c(k) for k > 1 by that
+  factor: batching stops where it stops paying as served. Single runs slowly age that
+  evidence, so batching is tried again later.
 * When to wait for a partner (the one exception): with t1 and t2 the model's times for a
   batch of one and of two (from its curve), a lone request run at once and a partner
   arriving g seconds later (g < t1) finish after t1 and 2 t1 - g (the partner waits for the
@@ -305,6 +312,43 @@ class _Request:
     signature: tuple[tuple[int, ...], ...]
 
 
+class _ServedCost:
+    """How much more batches cost as served than the start-up curve says, relative to single
+    runs (module docstring): a factor for the curve's c(k), k > 1 (1: as measured)."""
+
+    WEIGHT = 0.1  # of the newest run in each average
+    AGING = 0.01  # per single run, the batches' average moves this much toward the singles'
+    MIN_RUNS = 5  # of each kind before the factor departs from 1
+
+    def __init__(self) -> None:
+        self.single = 1.0  # served / curve time per clip, single runs (average)
+        self.batched = 1.0  # the same, batches
+        self.runs = {"single": 0, "batched": 0}
+
+    def observe(self, rows: int, served_ms_per_clip: float, curve_ms_per_clip: float) -> None:
+        drift = served_ms_per_clip / curve_ms_per_clip
+        if rows == 1:
+            self.single = self._average(self.single, drift, self.runs["single"])
+            self.batched += self.AGING * (self.single - self.batched)
+            self.runs["single"] += 1
+        else:
+            self.batched = self._average(self.batched, drift, self.runs["batched"])
+            self.runs["batched"] += 1
+
+    def _average(self, average: float, value: float, runs: int) -> float:
+        return value if runs == 0 else average + self.WEIGHT * (value - average)
+
+    @property
+    def factor(self) -> float:
+        if min(self.runs.values()) < self.MIN_RUNS:
+            return 1.0
+        return self.batched / self.single
+
+    def corrected(self, per_clip_ms: list[float]) -> list[float]:
+        factor = self.factor
+        return per_clip_ms if factor == 1.0 else per_clip_ms[:2] + [ms * factor for ms in per_clip_ms[2:]]
+
+
 @dataclass
 class _Batch:
     requests: list[_Request]
@@ -338,6 +382,7 @@ class _ModelWorker:
         # ms per clip at every batch size up to max_rows, for sizing batches to the queue; None:
         # no curve to follow (not measured, or follow_batch_curve off): take up to max_rows.
         self.per_clip_ms: list[float] | None = None
+        self.served_cost = _ServedCost()
         if self.batching and settings.follow_batch_curve and len(policy.ms_per_clip) > 1:
             measured = sorted(policy.ms_per_clip)
             self.per_clip_ms = [math.nan] + [
@@ -469,7 +514,9 @@ class _ModelWorker:
     def _take(self) -> list[_Request]:
         batch: list[_Request] = []
         rows = 0
-        limit = self.max_rows if self.per_clip_ms is None else rows_worth_batching(self.per_clip_ms, self.pending_rows)
+        limit = self.max_rows
+        if self.per_clip_ms is not None:
+            limit = rows_worth_batching(self.served_cost.corrected(self.per_clip_ms), self.pending_rows)
         now = time.monotonic()
         while self.pending:
             request = self.pending[0]
@@ -549,6 +596,8 @@ class _ModelWorker:
         rows = sum(request.rows for request in batch)
         self.counters.batches += 1
         self.counters.batch_sizes[rows] += 1
+        if ok and self.per_clip_ms is not None and rows < len(self.per_clip_ms):
+            self.served_cost.observe(rows, seconds * 1000 / rows, self.per_clip_ms[rows])
         if ok:
             # Per-row time scaled to a full batch: the hint must not shrink when batches are small.
             full = seconds * self.max_rows / max(rows, 1)

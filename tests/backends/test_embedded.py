@@ -19,7 +19,7 @@ from avserve.backends import (
     InferenceFailed,
     create_backend,
 )
-from avserve.backends.embedded import EmbeddedBackend, choose_batch_policy, rows_worth_batching
+from avserve.backends.embedded import EmbeddedBackend, _ServedCost, choose_batch_policy, rows_worth_batching
 from avserve.repository import load_repository
 
 pytestmark = pytest.mark.anyio
@@ -337,6 +337,24 @@ def test_batches_are_sized_to_the_queue() -> None:
     # Near-perfect batching pays at any depth; no gain never does.
     assert rows_worth_batching([math.nan, 10.0, 5.0, 3.4, 2.5], 2) == 2
     assert rows_worth_batching([math.nan, 10.0, 10.0, 10.0, 10.0], 64) == 1
+
+
+def test_batches_that_cost_more_as_served_than_the_curve_says_are_corrected() -> None:
+    curve = [math.nan, 10.0, 8.0, 7.0, 6.0]
+    served = _ServedCost()
+    assert served.corrected(curve) == curve  # nothing served yet: the curve as measured
+    for _ in range(5):
+        served.observe(1, 12.0, 10.0)  # the machine is 1.2x slower than at start-up...
+        served.observe(4, 12.0, 6.0)  # ...and batches of 4 run 2x slower than the curve
+    assert 1.4 < served.factor < 1.7
+    corrected = served.corrected(curve)
+    assert corrected[1] == 10.0 and corrected[2:] == [ms * served.factor for ms in curve[2:]]
+    # Batching no longer pays even for a deep queue; at the curve as measured it did.
+    assert rows_worth_batching(corrected, 64) == 1 and rows_worth_batching(curve, 64) == 4
+    # Single runs age that evidence: batching is tried again later.
+    for _ in range(500):
+        served.observe(1, 12.0, 10.0)
+    assert served.factor < 1.01
 
 
 def test_factory_and_settings_are_checked(zorro_dir) -> None:
