@@ -1,9 +1,10 @@
 """What one request costs on each of a family's graphs: `_av` vs `_audio` vs `_video`.
 
 Exports a model preset (random weights: cost does not depend on them) with the real exporter,
-then times each graph in onnxruntime at batch 1 and batch 8. Repetitions of the graphs are
+then times each graph in onnxruntime at batch 1, 2, 4 and 8. Repetitions of the graphs are
 interleaved, so the machine's noise hits all of them alike, and results are reported as
-ratios to the `_av` graph measured in the same run.
+ratios to the `_av` graph measured in the same run, then as each graph's batch curve (ms per
+clip by batch size, and the batch the embedded backend's rule would choose from it).
 
     .venv/bin/python -m loadtests.bench_graphs                       # zorro_tiny
     .venv/bin/python -m loadtests.bench_graphs --preset zorro_vit_b16 --batches 1 --repeats 3
@@ -25,7 +26,7 @@ from tqdm import tqdm
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="zorro_tiny", help="model preset to export (training.models)")
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--repeats", type=int, default=30, help="timed runs per graph and batch size")
     parser.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads")
     args = parser.parse_args()
@@ -89,6 +90,14 @@ def print_table(rows: list[dict], args) -> None:
             f"{row['model']:<26}{row['batch']:>6}{row['mb']:>9.1f}{row['median_ms']:>10.2f}"
             f"{row['median_ms'] / row['batch']:>9.2f}{row['median_ms'] / reference['median_ms']:>8.2f}"
         )
+    if 1 not in args.batches or len(args.batches) < 2:
+        return
+    from loadtests.report import batch_curve_lines
+
+    curves: dict[str, dict[int, float]] = {}
+    for row in rows:
+        curves.setdefault(row["model"].rsplit("_", 1)[1], {})[row["batch"]] = row["median_ms"] / row["batch"]
+    print("\n".join(["", *batch_curve_lines({"graph_only": {"ms_per_clip": curves}, "model": {"family": args.preset}})]))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 come from training.models.flops.route_flops).
 
     matmul_peak(seconds)                      # fp32 FLOP/s of a 1024x1024 matmul here (torch, all cores)
-    graph_only(repository, family, flops)     # onnxruntime alone: batch-1 ms per graph, _av clips/s, FLOP/s
+    graph_only(repository, family, flops)     # onnxruntime alone: batch-1 ms per graph, _av clips/s, FLOP/s,
+                                              # and each graph's batch curve (ms per clip at batch 1, 2, 4, 8)
 """
 
 from __future__ import annotations
@@ -80,4 +81,25 @@ def graph_only(repository: Path, family: str, flops: dict, seconds: float = 2.0,
     result["av_batch_clips_per_s"] = runs * batch / (time.perf_counter() - began)
     result["av_batch1_clips_per_s"] = 1000 / result["batch1_ms"]["av"]
     result["flops_per_s"] = result["av_batch_clips_per_s"] * flops["av"]
+    result["ms_per_clip"] = batch_curve(sessions, inputs, CURVE_BATCHES, seconds)
     return result
+
+
+CURVE_BATCHES = (1, 2, 4, 8)
+
+
+def batch_curve(sessions: dict, inputs, batches=CURVE_BATCHES, seconds: float = 2.0, min_rounds: int = 3) -> dict:
+    """Per graph, ms per clip at each batch size: the median of interleaved rounds (one run of
+    every graph at every size per round; at least `min_rounds`, then until `seconds` passed).
+    Whether batching pays for a graph on this machine is read off this curve."""
+    feeds = {(route, rows): inputs(session, rows) for route, session in sessions.items() for rows in batches}
+    for (route, _), feed in feeds.items():
+        sessions[route].run(None, feed)  # the first run at a new size allocates
+    times: dict[tuple[str, int], list[float]] = {key: [] for key in feeds}
+    began = time.perf_counter()
+    while len(next(iter(times.values()))) < min_rounds or time.perf_counter() - began < seconds:
+        for (route, rows), feed in feeds.items():
+            start = time.perf_counter()
+            sessions[route].run(None, feed)
+            times[route, rows].append((time.perf_counter() - start) / rows)
+    return {route: {rows: statistics.median(times[route, rows]) * 1000 for rows in batches} for route in sessions}

@@ -139,6 +139,7 @@ def write_markdown(report: dict, path: Path) -> None:
             lines.append(f"| {r['comparison']} | {r['metric']} | {_fmt(r['ours'])} ({r['ours_label']}) | "
                          f"{_fmt(r['theirs'])} ({r['theirs_label']}) | {r['ratio']:.3g} | {'yes' if r['avserve_ahead'] else 'no'} |")
         lines.append("")
+    lines += batch_curve_lines(report)
     lines += ["## Runs", "",
               "Server CPU: user + system time of the server's whole process tree (media workers, tritonserver and "
               "its stubs) over the run, per request answered; CPU cores: that time over the run's wall time.", "",
@@ -179,6 +180,30 @@ def write_markdown(report: dict, path: Path) -> None:
                          f"{_fmt(a['p99_ms'], 0)} | {a['error_ratio']:.1%} | {_fmt(s.get('decode'))} | "
                          f"{_fmt(s.get('inference'))} | {_fmt(s.get('overhead'))} |")
     path.write_text("\n".join(lines) + "\n")
+
+
+def batch_curve_lines(report: dict, pays_below: float = 0.9) -> list[str]:
+    """The graphs' batch curves as a markdown table, with the batch the embedded backend's rule
+    (largest batch costing under `pays_below` x batch 1 per clip) would choose from them."""
+    curves = (report.get("graph_only") or {}).get("ms_per_clip")
+    if not curves:
+        return []
+    # bench.json read back has string keys
+    curves = {route: {int(rows): ms for rows, ms in curve.items()} for route, curve in curves.items()}
+    batches = sorted({rows for curve in curves.values() for rows in curve})
+    family = report.get("model", {}).get("family", "")
+    lines = ["## Batch curve (each graph alone, onnxruntime, ms per clip; median of interleaved rounds)", "",
+             "| graph | " + " | ".join(f"batch {rows}" for rows in batches)
+             + f" | batch {batches[-1]} vs 1 | batches up to |",
+             "|---|" + "---:|" * (len(batches) + 2)]
+    for route, curve in curves.items():
+        single = curve[1]
+        paying = [rows for rows, ms in curve.items() if rows > 1 and ms < pays_below * single]
+        lines.append(f"| {family}_{route} | " + " | ".join(_fmt(curve.get(rows), 2) for rows in batches)
+                     + f" | {curve[batches[-1]] / single:.2f}x | {max(paying, default=1)} |")
+    lines += ["", f"\"batches up to\": the largest batch costing under {pays_below:g}x batch 1 per clip (1: batching "
+              "does not pay), the rule the embedded backend applies to the curve it measures at start-up.", ""]
+    return lines
 
 
 def write_plot(report: dict, path: Path) -> None:

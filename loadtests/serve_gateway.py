@@ -3,8 +3,8 @@
     .venv/bin/python -m loadtests.serve_gateway --repository REPO --port 8080 [--no-micro-batching]
     .venv/bin/python -m loadtests.serve_gateway --backend triton --triton-url 127.0.0.1:8001 --port 8080
 
-`--no-micro-batching` sets `EmbeddedSettings.micro_batching=False` (every request runs alone
-in onnxruntime): the "off" side of the micro-batching comparison. Admission control never sheds
+`--no-micro-batching` sets `AVSERVE_BATCH_POLICY=off` (every request runs alone in
+onnxruntime): the "off" side of the micro-batching comparison. Admission control never sheds
 unless `--media-queue-factor` is given: the bench draws throughput curves with closed-loop
 clients, which a bounded queue would answer with 429s (tests/gateway/test_overload.py gives the
 default factor and measures the shedding). Everything else is the gateway exactly as `avserve
@@ -14,7 +14,6 @@ serve` builds and runs it. Only 127.0.0.1.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
 
@@ -38,14 +37,8 @@ def main(argv: list[str] | None = None) -> None:
         repository=args.repository, backend=args.backend, triton_url=args.triton_url, log_level="WARNING",
         batch_max_size=args.batch_max_size, batch_max_delay_ms=args.batch_max_delay_ms, backend_max_queue=512,
         max_in_flight_requests=512, media_queue_factor=args.media_queue_factor,
+        batch_policy="off" if args.no_micro_batching else "measured",
     )  # fmt: skip
-    if args.no_micro_batching:
-        original = GatewaySettings.embedded_settings
-
-        def embedded_settings(self):  # the gateway has no env knob for this benchmark-only switch
-            return dataclasses.replace(original(self), micro_batching=False)
-
-        GatewaySettings.embedded_settings = embedded_settings
     configure_logging("WARNING", "text")
     run_gateway(create_app(settings), settings, host="127.0.0.1", port=args.port)
 

@@ -21,7 +21,7 @@ from .base import (
     InferenceFailed,
 )
 from .settings import EmbeddedSettings, TritonSettings
-from .stats import BatchEvent, BatchListener, ModelStats
+from .stats import BatchEvent, BatchListener, BatchPolicy, ModelStats
 
 BACKEND_KINDS = ("embedded", "triton")
 
@@ -79,6 +79,7 @@ __all__ = [
     "BackendTimeout",
     "BackendUnavailable",
     "BatchEvent",
+    "BatchPolicy",
     "BatchListener",
     "EmbeddedBackend",
     "EmbeddedSettings",

@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from avserve.repository import Repository
+
+if TYPE_CHECKING:  # stats.py imports the errors from here
+    from .stats import BatchPolicy
 
 
 class BackendError(Exception):
@@ -95,3 +99,8 @@ class InferenceBackend(abc.ABC):
 
         `outputs` defaults to every output of the model. Raises the BackendError subclasses.
         """
+
+    def batch_policies(self) -> dict[str, BatchPolicy]:
+        """Per model, how this backend batches requests (empty: the backend does not say,
+        e.g. Triton, whose dynamic batcher follows each model's config)."""
+        return {}

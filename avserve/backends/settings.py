@@ -14,7 +14,17 @@ class EmbeddedSettings:
 
     micro_batching: bool = True  # False: every request runs alone (benchmark baseline)
     max_batch_size: int = 8  # rows per session run; capped by each model's max_batch_size
-    max_delay_ms: float = 2.0  # longest wait, after a batch's first request arrived, for more
+    # Longest wait for a partner after a request reached an idle model; the wait happens only
+    # when the model's arrival rate says a partner is due (see embedded.py's docstring).
+    max_delay_ms: float = 2.0
+    # Warm-up measures each model's batch curve (ms per clip at batch 1, 2, 4, 8) and caps its
+    # rows at the largest batch whose per-clip time is below `batch_pays_below` x batch 1's
+    # (none: the model never batches). False: rows up to max_batch_size whatever the curve.
+    follow_batch_curve: bool = True
+    batch_pays_below: float = 0.9
+    # Start-up time measuring one model's curve may take (a slow model still gets batch 1 and
+    # its largest batch, once); 0: no curve (rows up to max_batch_size, no waiting for partners).
+    batch_curve_seconds: float = 1.0
     max_queue: int = 64  # queued requests per model before shedding with BackendOverloaded
     batches_in_flight: int = 1  # concurrent session runs per model (1 = batches form under load)
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # auto: CUDA when onnxruntime-gpu has it
@@ -26,13 +36,17 @@ class EmbeddedSettings:
     # onnxruntime's worker threads busy-spin after a run to cut latency; on shared cores that
     # steals CPU from the event loop and other models, so it is off unless asked for.
     allow_spinning: bool = False
-    warmup: bool = True  # one run at batch 1 and one at the largest batch before serving
+    # Runs at batch 1 and at the largest batch before serving, then the batch curve's runs
+    # (without warm-up there is no curve: rows up to max_batch_size, no waiting for partners).
+    warmup: bool = True
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_queue < 1 or self.batches_in_flight < 1:
             raise ValueError("max_batch_size, max_queue and batches_in_flight must be >= 1")
         if self.max_delay_ms < 0:
             raise ValueError("max_delay_ms must be >= 0")
+        if self.batch_pays_below <= 0 or self.batch_curve_seconds < 0:
+            raise ValueError("batch_pays_below must be > 0 and batch_curve_seconds >= 0")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"device must be cpu, cuda or auto, not {self.device!r}")
 

@@ -25,6 +25,10 @@ class BatchEvent:
     rows: int  # batch rows fed to the session (== requests when each request is one clip)
     seconds: float  # wall time of the session run in the worker thread
     ok: bool
+    # How long the batcher held the batch back waiting for partners (0: it ran as soon as the
+    # model was free), and how long its oldest request had been queued when it started.
+    held_seconds: float = 0.0
+    queued_seconds: float = 0.0
 
 
 BatchListener = Callable[[BatchEvent], None]
@@ -43,8 +47,22 @@ class ModelStats:
     failed: int = 0  # failed with InferenceFailed
     unavailable: int = 0  # failed with BackendUnavailable
     batches: int = 0  # session runs (embedded only; Triton reports its own executions)
+    held: int = 0  # batches held back waiting for a partner the arrival rate said was due (embedded)
     # rows per executed batch -> how many batches had that size (embedded only)
     batch_sizes: Mapping[int, int] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How the embedded backend batches one model, chosen at start-up from its measured curve."""
+
+    max_rows: int  # rows per session run (1: every request alone)
+    reason: str  # why, in words (for logs and GET /v1/models)
+    # batch rows -> ms per clip, measured at warm-up (empty: not measured)
+    ms_per_clip: Mapping[int, float] = field(default_factory=lambda: MappingProxyType({}))
+    # Wait for a partner after a request reached an idle model only while the expected gap
+    # between arrivals is below this (0: never wait); see avserve/backends/embedded.py.
+    partner_wait_ms: float = 0.0
 
 
 @dataclass
@@ -60,6 +78,7 @@ class _Counters:
     failed: int = 0
     unavailable: int = 0
     batches: int = 0
+    held: int = 0
     batch_sizes: Counter[int] = field(default_factory=Counter)
 
     def count(self, error: BackendError) -> None:
@@ -84,5 +103,6 @@ class _Counters:
             failed=self.failed,
             unavailable=self.unavailable,
             batches=self.batches,
+            held=self.held,
             batch_sizes=MappingProxyType(dict(sorted(self.batch_sizes.items()))),
         )

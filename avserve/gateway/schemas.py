@@ -112,6 +112,20 @@ class TensorInfo(BaseModel):
     dims: list[int] = Field(description="Without the batch dimension; -1 is variable.")
 
 
+class BatchingInfo(BaseModel):
+    max_rows: int = Field(description="Rows one run takes at most (1: every request runs alone).")
+    reason: str = Field(description="Why, in words: the measured batch curve, or the setting that decided.")
+    ms_per_clip: dict[int, float] = Field(
+        description="Batch rows -> ms per clip, measured at start-up (empty: not measured)."
+    )
+    partner_wait_ms: float = Field(
+        description=(
+            "A request reaching an idle model is held for a partner at most this long, and only while "
+            "arrivals are expected within it (0: never held)."
+        )
+    )
+
+
 class ModelInfo(BaseModel):
     name: str
     family: str
@@ -150,6 +164,9 @@ class ModelInfo(BaseModel):
     num_frames: int | None
     image_size: int | None
     max_batch_size: int
+    batching: BatchingInfo | None = Field(
+        None, description="How the backend batches this model's requests; null when it does not say (Triton)."
+    )
 
 
 class ModelDetail(ModelInfo):

@@ -65,8 +65,20 @@ class GatewaySettings(BaseSettings):
     backend_ready_timeout_seconds: float = Field(2.0, gt=0, description="How long /readyz waits for the backend.")
 
     # ---- backends (avserve.backends.EmbeddedSettings / TritonSettings) ---------------------
+    batch_policy: Literal["measured", "always", "off"] = Field(
+        "measured",
+        description=(
+            "Embedded micro-batching. measured: each model batches up to the size its batch curve, measured at "
+            "start-up, says pays; always: up to batch_max_size whatever the curve; off: every request alone."
+        ),
+    )
     batch_max_size: int = Field(8, ge=1, description="Embedded: rows per micro-batch.")
-    batch_max_delay_ms: float = Field(2.0, ge=0, description="Embedded: longest wait for a micro-batch to fill.")
+    batch_max_delay_ms: float = Field(
+        2.0, ge=0, description="Embedded: longest hold for a partner, taken only when the arrival rate says one is due."
+    )
+    batch_pays_below: float = Field(
+        0.9, gt=0, description="Embedded: a batch size pays when its time per clip is below this times batch 1's."
+    )
     backend_max_queue: int = Field(64, ge=1, description="Embedded: queued requests per model before 429.")
     intra_op_threads: int | None = Field(None, ge=0, description="Embedded: onnxruntime threads per session.")
     device: Literal["cpu", "cuda", "auto"] = "cpu"
@@ -120,6 +132,9 @@ class GatewaySettings(BaseSettings):
 
     def embedded_settings(self) -> EmbeddedSettings:
         return EmbeddedSettings(
+            micro_batching=self.batch_policy != "off",
+            follow_batch_curve=self.batch_policy == "measured",
+            batch_pays_below=self.batch_pays_below,
             max_batch_size=self.batch_max_size,
             max_delay_ms=self.batch_max_delay_ms,
             max_queue=self.backend_max_queue,

@@ -52,6 +52,10 @@ def test_models_lists_inputs_modalities_labels_and_routes(embedded_gateway):
     assert families["zorro_zero_fill"] == {"audio+video": "zorro_zero_fill_av"}
     assert models["zorro_zero_fill_av"]["missing_modality"] == "zero_fill"
     assert len(detail["labels"]) == NUM_LABELS and detail["labels"][0]
+    # The embedded backend says how it batches each model: its measured curve and the rows it chose.
+    batching = av["batching"]
+    assert sorted(batching["ms_per_clip"], key=int) == ["1", "2", "4", "8"]
+    assert batching["max_rows"] in (1, 2, 4, 8) and batching["reason"] and detail["batching"] == batching
 
 
 def test_prometheus_metrics(embedded_gateway, clips):
@@ -135,3 +139,15 @@ def test_an_unsafe_request_id_is_replaced(embedded_gateway):
     with embedded_gateway.client(headers={"X-Request-ID": "bad id\twith spaces"}) as client:
         response = client.get("/healthz")
     assert response.headers["x-request-id"] != "bad id\twith spaces" and len(response.headers["x-request-id"]) == 32
+
+
+def test_batch_policy_settings_reach_the_embedded_backend(monkeypatch):
+    from avserve.gateway.settings import GatewaySettings
+
+    assert GatewaySettings().embedded_settings().follow_batch_curve
+    monkeypatch.setenv("AVSERVE_BATCH_POLICY", "always")
+    monkeypatch.setenv("AVSERVE_BATCH_PAYS_BELOW", "0.8")
+    forced = GatewaySettings().embedded_settings()
+    assert forced.micro_batching and not forced.follow_batch_curve and forced.batch_pays_below == 0.8
+    monkeypatch.setenv("AVSERVE_BATCH_POLICY", "off")
+    assert not GatewaySettings().embedded_settings().micro_batching

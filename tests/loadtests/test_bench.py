@@ -208,3 +208,18 @@ def test_bench_runs_as_a_module_from_anywhere(tmp_path):
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: avserve bench") and "--quick" in result.stdout
+
+
+def test_report_tables_each_graphs_batch_curve():
+    """bench.md's batch-curve table: ms per clip by batch, read back from bench.json (string keys)
+    too, with the batch the embedded backend's rule would choose (1 when no batch pays)."""
+    from loadtests.report import batch_curve_lines
+
+    curves = {"av": {1: 5.8, 2: 4.6, 4: 3.9, 8: 3.4}, "audio": {1: 251.0, 2: 260.0, 4: 270.0, 8: 288.0}}
+    report = {"model": {"family": "zorro"}, "graph_only": {"ms_per_clip": curves}}
+    lines = batch_curve_lines(report)
+    assert lines == batch_curve_lines(json.loads(json.dumps(report)))
+    rows = [line for line in lines if line.startswith("| zorro_")]
+    assert rows == ["| zorro_av | 5.80 | 4.60 | 3.90 | 3.40 | 0.59x | 8 |",
+                    "| zorro_audio | 251.00 | 260.00 | 270.00 | 288.00 | 1.15x | 1 |"]
+    assert batch_curve_lines({"graph_only": {"flops_per_s": 1.0}}) == []

@@ -13,13 +13,14 @@ from ..auth import require_api_key
 from ..dependencies import get_app_settings, get_backend
 from ..errors import ApiError, openapi_errors
 from ..routing import default_family, modality_label
-from ..schemas import FamilyInfo, ModelDetail, ModelInfo, ModelsResponse, TensorInfo
+from ..schemas import BatchingInfo, FamilyInfo, ModelDetail, ModelInfo, ModelsResponse, TensorInfo
 from ..settings import GatewaySettings
 
 router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_api_key)])
 
 
-def _model_info(spec: ModelSpec) -> dict:
+def _model_info(spec: ModelSpec, backend: InferenceBackend) -> dict:
+    policy = backend.batch_policies().get(spec.name)
     return dict(
         name=spec.name,
         family=spec.family,
@@ -39,7 +40,11 @@ def _model_info(spec: ModelSpec) -> dict:
         num_frames=spec.num_frames,
         image_size=spec.image_size,
         max_batch_size=spec.max_batch_size,
-    )
+        batching=None if policy is None else BatchingInfo(
+            max_rows=policy.max_rows, reason=policy.reason, ms_per_clip=dict(policy.ms_per_clip),
+            partner_wait_ms=round(policy.partner_wait_ms, 3),
+        ),
+    )  # fmt: skip
 
 
 @router.get("/models", response_model=ModelsResponse, summary="Served models and routes", responses=openapi_errors(401, 403))
@@ -56,7 +61,7 @@ async def list_models(
         backend=backend.name,
         default_family=default_family(repository, settings.default_model),
         families=families,
-        models=[ModelInfo(**_model_info(spec)) for _, spec in sorted(repository.models.items())],
+        models=[ModelInfo(**_model_info(spec, backend)) for _, spec in sorted(repository.models.items())],
     )
 
 
@@ -69,4 +74,4 @@ async def get_model(name: str, backend: Annotated[InferenceBackend, Depends(get_
     if spec is None:
         raise ApiError(404, "unknown_model", f"no served model named {name!r}")
     labels = list(spec.labels) or [f"class_{i}" for i in range(spec.num_classes)]
-    return ModelDetail(**_model_info(spec), labels=labels)
+    return ModelDetail(**_model_info(spec, backend), labels=labels)
