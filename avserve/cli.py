@@ -257,6 +257,9 @@ def classify(
     top_k: Annotated[int, typer.Option(min=1, help="Labels to show.")] = 5,
     start: Annotated[Optional[float], typer.Option(min=0.0, help="Window start (s).")] = None,
     duration: Annotated[Optional[float], typer.Option(help="Window length (s); several model windows are averaged.")] = None,
+    sampling: Annotated[
+        Optional[str], typer.Option(help="exact | fast: frames on screen at each sample time, or the nearest keyframes.")
+    ] = None,
     api_key: Annotated[Optional[str], typer.Option(help="API key.", envvar="AVSERVE_API_KEY")] = None,
     timeout: Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the answer.")] = 120.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the gateway's JSON response.")] = False,
@@ -266,7 +269,9 @@ def classify(
 
     if modality not in ("auto", "av", "audio", "video"):
         fail(f"--modality must be auto, av, audio or video, not {modality!r}")
-    params = {"modality": modality, "top_k": top_k, "model": model, "start": start, "duration": duration}
+    if sampling not in (None, "exact", "fast"):
+        fail(f"--sampling must be exact or fast, not {sampling!r}")
+    params = {"modality": modality, "top_k": top_k, "model": model, "start": start, "duration": duration, "sampling": sampling}
     headers = {"X-API-Key": api_key} if api_key else {}
     try:
         with file.open("rb") as handle, httpx.Client(base_url=url, timeout=timeout) as client:
@@ -316,6 +321,9 @@ def classify(
         table.add_row(*row)
     console = Console()
     console.print(table)
+    video = (body.get("media") or {}).get("video") or {}
+    if video.get("sampling"):
+        console.print(f"frames: {video['sampling']} sampling, at most {video['max_frame_offset_ms']:.0f} ms from their sample times")
     timings = "  ".join(f"{stage} {ms:.1f}" for stage, ms in body["timings_ms"].items())
     console.print(f"timings (ms): {timings}   request {body['request_id']}")
 

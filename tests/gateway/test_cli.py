@@ -66,6 +66,15 @@ def test_classify_prints_a_table(served, clips):
     assert len(ranks) == 3, result.stdout
 
 
+def test_classify_with_fast_sampling_says_how_the_frames_were_chosen(served, clips):
+    url, _ = served
+    result = run_cli("classify", str(clips.av), "--url", url, "--sampling", "fast")
+    assert result.returncode == 0, result.stderr
+    assert "frames: fast sampling" in result.stdout
+    wrong = run_cli("classify", str(clips.av), "--url", url, "--sampling", "keyframes")
+    assert wrong.returncode != 0 and "--sampling" in wrong.stderr
+
+
 def test_classify_json_and_forced_modality(served, clips):
     url, _ = served
     result = run_cli("classify", str(clips.av), "--url", url, "--modality", "audio", "--json")
