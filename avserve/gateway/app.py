@@ -26,6 +26,7 @@ from .classifier import Classifier
 from .errors import install_error_handlers
 from .metrics import LIFESPAN_STATE_KEY, GatewayMetrics
 from .observability import RequestContextMiddleware
+from .response_cache import ResponseCache
 from .routers import classify, health, metrics, models
 from .settings import MiB, GatewaySettings, get_settings
 
@@ -60,10 +61,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         settings.decode_workers, queue_factor=settings.media_queue_factor, latency_target=settings.latency_target_seconds
     )
     gateway_metrics.watch_media(media_workers, admission)
+    response_cache = ResponseCache(settings.response_cache_bytes, ttl_seconds=settings.response_cache_ttl_seconds)
+    gateway_metrics.watch_cache(response_cache)
     app.state.backend = backend
     app.state.metrics = gateway_metrics
     app.state.in_flight = 0
     app.state.admission = admission
+    app.state.response_cache = response_cache
     app.state.classifier = Classifier(
         backend, media_workers, gateway_metrics, settings.media_limits,
         max_windows=settings.max_windows, retry_after_seconds=settings.retry_after_seconds,

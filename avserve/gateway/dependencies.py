@@ -8,6 +8,7 @@ from avserve.backends.base import InferenceBackend
 
 from .classifier import Classifier
 from .metrics import GatewayMetrics
+from .response_cache import ResponseCache
 
 
 def get_backend(request: Request) -> InferenceBackend:
@@ -20,3 +21,7 @@ def get_metrics(request: Request) -> GatewayMetrics:
 
 def get_classifier(request: Request) -> Classifier:
     return request.app.state.classifier
+
+
+def get_response_cache(request: Request) -> ResponseCache:
+    return request.app.state.response_cache

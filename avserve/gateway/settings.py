@@ -58,6 +58,13 @@ class GatewaySettings(BaseSettings):
         None, gt=0, description="Shed (429) a request whose predicted wait + decode exceeds this; default: no target."
     )
     backend_ready_timeout_seconds: float = Field(2.0, gt=0, description="How long /readyz waits for the backend.")
+    # Response cache (avserve.gateway.response_cache): off by default, like Triton's.
+    response_cache_bytes: int = Field(
+        0, ge=0, description="Memory for cached /classify answers (LRU, bytes); 0 = no response cache."
+    )
+    response_cache_ttl_seconds: float | None = Field(
+        None, gt=0, description="Forget a cached answer this long after it was stored; default: never (LRU only)."
+    )
 
     # ---- backends (avserve.backends.EmbeddedSettings / TritonSettings) ---------------------
     batch_max_size: int = Field(8, ge=1, description="Embedded: rows per micro-batch.")
