@@ -36,8 +36,8 @@ START_RETRY_SECONDS = 1.0
 
 
 def resolve_settings(app: FastAPI) -> GatewaySettings:
-    """The settings routes see: an override (tests, `create_app(settings)`) or the environment."""
-    return app.dependency_overrides.get(get_settings, get_settings)()
+    """The settings routes see (dependencies.get_app_settings): `create_app(settings)`'s or the environment's."""
+    return app.state.settings
 
 
 def build_backend(settings: GatewaySettings) -> InferenceBackend:
@@ -112,8 +112,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    if settings is not None:
-        app.dependency_overrides[get_settings] = lambda: settings
+    # Not a `dependency_overrides` entry: with any override, FastAPI re-inspects every
+    # dependency on every request (see dependencies.py).
+    app.state.settings = settings if settings is not None else get_settings()
     install_error_handlers(app)
     app.add_middleware(OperatorAccessMiddleware)  # /metrics and the docs: API key or metrics port
     app.add_middleware(RequestContextMiddleware)  # outermost: request id, access log

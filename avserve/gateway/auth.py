@@ -18,13 +18,13 @@ import binascii
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Security
+from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import ApiError, error_response
-from .settings import GatewaySettings, get_settings
+from .settings import GatewaySettings
 
 METRICS_PATH = "/metrics"
 
@@ -42,10 +42,11 @@ def key_is_valid(candidate: str, settings: GatewaySettings) -> bool:
 
 
 async def require_api_key(
-    settings: Annotated[GatewaySettings, Depends(get_settings)],
+    request: Request,
     header_key: Annotated[str | None, Security(_api_key_header)] = None,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
 ) -> None:
+    settings: GatewaySettings = request.app.state.settings
     if not settings.api_keys:
         return
     candidate = header_key or (bearer.credentials if bearer is not None else None)
@@ -114,7 +115,7 @@ class OperatorAccessMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             application = scope["app"]  # the FastAPI app (Starlette sets it before any middleware)
-            settings = application.dependency_overrides.get(get_settings, get_settings)()
+            settings = application.state.settings
             if self._docs_paths is None:
                 urls = (application.docs_url, application.redoc_url, application.openapi_url)
                 oauth = application.swagger_ui_oauth2_redirect_url if application.docs_url else None

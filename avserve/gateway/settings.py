@@ -2,8 +2,8 @@
 
     AVSERVE_REPOSITORY=model_repository AVSERVE_BACKEND=triton avserve serve
 
-Routers receive the settings through the `get_settings` dependency, so a test (or
-`create_app(settings)`) replaces them with `app.dependency_overrides[get_settings]`.
+`get_settings()` reads the environment once; an app serves `create_app(settings)`'s settings, or
+those, and routers receive them through the `dependencies.get_app_settings` dependency.
 """
 
 from __future__ import annotations

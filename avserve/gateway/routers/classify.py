@@ -9,16 +9,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
+from avserve.backends.base import InferenceBackend
+
 from ..admission import Refusal, Ticket
 from ..auth import require_api_key
 from ..classifier import Classifier, ClassifyParams
-from ..dependencies import get_backend, get_classifier, get_metrics, get_response_cache
+from ..dependencies import get_app_settings, get_backend, get_classifier, get_metrics, get_response_cache
 from ..errors import ApiError, openapi_errors
 from ..metrics import GatewayMetrics
 from ..response_cache import ResponseCache
 from ..routing import ModalityChoice, Route, default_family
 from ..schemas import ClassifyResponse
-from ..settings import GatewaySettings, get_settings
+from ..settings import GatewaySettings
 from ..upload import UPLOAD_FIELD, spooled_upload
 
 router = APIRouter(tags=["classify"])
@@ -58,7 +60,8 @@ _REQUEST_BODY = {
 async def classify(
     request: Request,
     http_response: Response,
-    settings: Annotated[GatewaySettings, Depends(get_settings)],
+    settings: Annotated[GatewaySettings, Depends(get_app_settings)],
+    backend: Annotated[InferenceBackend, Depends(get_backend)],
     classifier: Annotated[Classifier, Depends(get_classifier)],
     metrics: Annotated[GatewayMetrics, Depends(get_metrics)],
     cache: Annotated[ResponseCache, Depends(get_response_cache)],
@@ -79,7 +82,7 @@ async def classify(
     began = time.perf_counter()
     arrival = time.monotonic()
     state = request.app.state
-    family = model or default_family(get_backend(request).repository, settings.default_model) or ""
+    family = model or default_family(backend.repository, settings.default_model) or ""
     labels = {"model": family or "unknown", "route": "none"}
     log_fields = request.scope.setdefault("state", {}).setdefault("log_fields", {})
 
@@ -88,7 +91,6 @@ async def classify(
         metrics.stage_seconds.labels("total", labels["model"], labels["route"]).observe(time.perf_counter() - began)
         log_fields.update(model=labels["model"], route=labels["route"], code=code)
 
-    backend = get_backend(request)
     families = backend.repository.families
     if not families:
         # The Triton backend learns its models from the server: none yet means it is away.

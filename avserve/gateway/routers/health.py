@@ -9,10 +9,10 @@ from fastapi import APIRouter, Depends
 
 from avserve.backends.base import InferenceBackend
 
-from ..dependencies import get_backend
+from ..dependencies import get_app_settings, get_backend
 from ..errors import ApiError, openapi_errors
 from ..schemas import HealthResponse, ReadyResponse
-from ..settings import GatewaySettings, get_settings
+from ..settings import GatewaySettings
 
 router = APIRouter(tags=["operations"])
 
@@ -30,7 +30,7 @@ async def healthz() -> HealthResponse:
 )
 async def readyz(
     backend: Annotated[InferenceBackend, Depends(get_backend)],
-    settings: Annotated[GatewaySettings, Depends(get_settings)],
+    settings: Annotated[GatewaySettings, Depends(get_app_settings)],
 ) -> ReadyResponse:
     try:
         ready = await asyncio.wait_for(backend.ready(), settings.backend_ready_timeout_seconds)

@@ -10,11 +10,11 @@ from avserve.backends.base import InferenceBackend
 from avserve.repository import ModelSpec
 
 from ..auth import require_api_key
-from ..dependencies import get_backend
+from ..dependencies import get_app_settings, get_backend
 from ..errors import ApiError, openapi_errors
 from ..routing import default_family, modality_label
 from ..schemas import FamilyInfo, ModelDetail, ModelInfo, ModelsResponse, TensorInfo
-from ..settings import GatewaySettings, get_settings
+from ..settings import GatewaySettings
 
 router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_api_key)])
 
@@ -45,7 +45,7 @@ def _model_info(spec: ModelSpec) -> dict:
 @router.get("/models", response_model=ModelsResponse, summary="Served models and routes", responses=openapi_errors(401, 403))
 async def list_models(
     backend: Annotated[InferenceBackend, Depends(get_backend)],
-    settings: Annotated[GatewaySettings, Depends(get_settings)],
+    settings: Annotated[GatewaySettings, Depends(get_app_settings)],
 ) -> ModelsResponse:
     repository = backend.repository
     families = [
