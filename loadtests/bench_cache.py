@@ -27,6 +27,7 @@ import argparse
 import asyncio
 import hashlib
 import os
+import random
 import struct
 import sys
 import tempfile
@@ -137,6 +138,8 @@ def cache_counter(client: httpx.Client, name: str) -> float:
 
 async def measure(server: Server, clips: list[Clip], args: argparse.Namespace) -> dict:
     originals = [(clip.path.name, clip.path.read_bytes()) for clip in clips]
+    # The bench's request mix, by its weights; the same sequence of clips for misses and hits.
+    sequence = random.Random(0).choices(range(len(clips)), weights=[clip.weight for clip in clips], k=args.requests)
     pid = server.process.pid
     blocks = {"miss": Block("miss"), "hit": Block("hit")}
     counter = 0
@@ -150,17 +153,16 @@ async def measure(server: Server, clips: list[Clip], args: argparse.Namespace) -
                     raise RuntimeError(f"{name}: the variant with a free box answered differently ({field})")
         with httpx.Client(base_url=server.url) as sync_client:
             hits_before = cache_counter(sync_client, "hits")
-        per_block = args.requests
         for round_index in range(args.rounds):
             for kind in ("miss", "hit"):
                 if kind == "miss":
                     bodies = []
-                    for index in range(per_block):
-                        name, body = originals[index % len(originals)]
+                    for index in sequence:
+                        name, body = originals[index]
                         counter += 1
                         bodies.append((name, with_free_box(body, counter)))
                 else:
-                    bodies = [originals[index % len(originals)] for index in range(per_block)]
+                    bodies = [originals[index] for index in sequence]
                 cpu, wall = process_tree_cpu_seconds(pid), time.perf_counter()
                 await send_block(client, bodies, kind, args.concurrency)
                 block = blocks[kind]
@@ -168,7 +170,7 @@ async def measure(server: Server, clips: list[Clip], args: argparse.Namespace) -
                 block.cpu_seconds += process_tree_cpu_seconds(pid) - cpu
                 block.requests += len(bodies)
                 block.upload_bytes += sum(len(body) for _, body in bodies)
-            print(f"[bench_cache] round {round_index + 1}/{args.rounds}: "
+            print(f"[bench_cache] after round {round_index + 1}/{args.rounds}: "
                   + ", ".join(f"{b.kind} {b.cpu_seconds / b.requests * 1000:.2f} ms CPU/request" for b in blocks.values()),
                   flush=True)
         with httpx.Client(base_url=server.url) as sync_client:
@@ -224,8 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
         "mean_upload_mb": mean_mb,
         "sha256_ms_per_request": sha256_ms_per_mb() * mean_mb,
     }
-    print(f"server CPU per request (gateway + media workers), {miss.requests} of each, mix of {len(clips)} clips "
-          f"(mean {mean_mb:.2f} MB):\n"
+    print(f"server CPU per request (gateway + media workers), {miss.requests} of each, the bench's mix of "
+          f"{len(clips)} clips by weight (mean {mean_mb:.2f} MB):\n"
           f"  miss {result['miss_cpu_ms']:.2f} ms   hit {result['hit_cpu_ms']:.2f} ms   "
           f"hit/miss = {result['hit_over_miss_cpu']:.4f}  (acceptance: <= 0.05)\n"
           f"  latency at concurrency {args.concurrency}: miss {result['miss_wall_ms']:.1f} ms, hit {result['hit_wall_ms']:.1f} ms\n"
