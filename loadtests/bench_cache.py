@@ -4,14 +4,16 @@
 
 Starts one gateway with the response cache on (loadtests.serve_gateway, the bench's server,
 embedded backend, a freshly exported seeded zorro_tiny unless --repository is given) and sends
-the bench's request mix (loadtests.clips) in rounds, each round a block of misses then a block of
-hits, so the shared machine's noise falls on both alike:
+the bench's request mix (loadtests.clips) in rounds, each round a block of misses, a block of
+hits and two reference blocks, so the shared machine's noise falls on all alike:
 
   * misses: every request a clip with bytes never sent before, the clip plus a trailing ISO BMFF
     `free` box holding a counter: a new cache key, the same decoded media (checked: the first
     variant of each clip is answered exactly like the clip itself);
   * hits: the original clips, answered once before the rounds, so every one is a hit (checked:
-    the responses say `cache: "hit"` and the gateway's hit counter grows by exactly that many).
+    the responses say `cache: "hit"` and the gateway's hit counter grows by exactly that many);
+  * the floor any request pays: GET /healthz, and the same uploads refused (404, unknown model)
+    before their body is read.
 
 CPU is the server's own account, read from /proc: user + system time of the gateway process and
 its descendants (the media workers), plus what it reaped; nothing of this load generator. The
@@ -41,6 +43,9 @@ from loadtests.clips import Clip, make_clips
 from loadtests.servers import Server
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Per round: misses, hits, and for reference the gateway's floor per request: GET /healthz, and
+# the same uploads refused with a 404 before the body is read.
+KINDS = ("miss", "hit", "healthz", "refused")
 
 
 # ---- the guard the main bench uses ---------------------------------------------------------------
@@ -108,17 +113,23 @@ class Block:
 
 
 async def send_block(client: httpx.AsyncClient, bodies: list[tuple[str, bytes]], expect: str, concurrency: int) -> list[dict]:
+    """POST each clip; `expect`: "miss" or "hit" (the answers' `cache`), or "refused" (a 404 for an
+    unknown model, answered before the upload is read) or "healthz" (GET /healthz instead)."""
     queue = list(reversed(bodies))
     answers: list[dict] = []
 
     async def worker() -> None:
         while queue:
             name, body = queue.pop()
-            response = await client.post("/classify", files={"file": (name, body)})
-            if response.status_code != 200:
+            if expect == "healthz":
+                response = await client.get("/healthz")
+            else:
+                params = {"model": "no_such_family"} if expect == "refused" else {}
+                response = await client.post("/classify", params=params, files={"file": (name, body)})
+            if response.status_code != (404 if expect == "refused" else 200):
                 raise RuntimeError(f"{name}: {response.status_code} {response.text}")
             answer = response.json()
-            if answer["cache"] != expect:
+            if expect in ("miss", "hit") and answer["cache"] != expect:
                 raise RuntimeError(f"{name}: expected a cache {expect}, got {answer['cache']}")
             answers.append(answer)
 
@@ -141,7 +152,7 @@ async def measure(server: Server, clips: list[Clip], args: argparse.Namespace) -
     # The bench's request mix, by its weights; the same sequence of clips for misses and hits.
     sequence = random.Random(0).choices(range(len(clips)), weights=[clip.weight for clip in clips], k=args.requests)
     pid = server.process.pid
-    blocks = {"miss": Block("miss"), "hit": Block("hit")}
+    blocks = {kind: Block(kind) for kind in KINDS}
     counter = 0
     async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
         # Store every original; check that a variant decodes to the very same answer.
@@ -154,7 +165,7 @@ async def measure(server: Server, clips: list[Clip], args: argparse.Namespace) -
         with httpx.Client(base_url=server.url) as sync_client:
             hits_before = cache_counter(sync_client, "hits")
         for round_index in range(args.rounds):
-            for kind in ("miss", "hit"):
+            for kind in KINDS:
                 if kind == "miss":
                     bodies = []
                     for index in sequence:
@@ -225,13 +236,17 @@ def main(argv: list[str] | None = None) -> dict:
         "hit_wall_ms": hit.wall_seconds / hit.requests * 1000 * args.concurrency,
         "mean_upload_mb": mean_mb,
         "sha256_ms_per_request": sha256_ms_per_mb() * mean_mb,
+        "healthz_cpu_ms": per_request["healthz"] * 1000,
+        "refused_cpu_ms": per_request["refused"] * 1000,
     }
     print(f"server CPU per request (gateway + media workers), {miss.requests} of each, the bench's mix of "
           f"{len(clips)} clips by weight (mean {mean_mb:.2f} MB):\n"
           f"  miss {result['miss_cpu_ms']:.2f} ms   hit {result['hit_cpu_ms']:.2f} ms   "
           f"hit/miss = {result['hit_over_miss_cpu']:.4f}  (acceptance: <= 0.05)\n"
           f"  latency at concurrency {args.concurrency}: miss {result['miss_wall_ms']:.1f} ms, hit {result['hit_wall_ms']:.1f} ms\n"
-          f"  of which hashing the upload (SHA-256, measured here): {result['sha256_ms_per_request']:.3f} ms per request")
+          f"  of a hit, hashing the upload (SHA-256, measured here): {result['sha256_ms_per_request']:.3f} ms\n"
+          f"  the floor, server CPU per request: GET /healthz {result['healthz_cpu_ms']:.2f} ms, the same uploads "
+          f"refused (404 unknown model, body unread) {result['refused_cpu_ms']:.2f} ms")
     return result
 
 

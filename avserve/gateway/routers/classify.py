@@ -191,9 +191,9 @@ def _answered(
 ) -> ClassifyResponse:
     """The 200's metrics and log fields; a cache hit's probe/decode/inference were not run and
     stay out of those stages' latency histograms."""
-    hit = response.cache == "hit"
     for stage, milliseconds in response.timings_ms.model_dump().items():
-        if stage != "total" and not (hit and stage != "upload"):
+        ran = stage == "upload" or response.cache != "hit"
+        if stage != "total" and ran:
             metrics.stage_seconds.labels(stage, labels["model"], labels["route"]).observe(milliseconds / 1000)
     if response.cache is not None:
         http_response.headers["X-Cache"] = response.cache
