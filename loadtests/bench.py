@@ -122,6 +122,9 @@ async def run_all(args, progress) -> dict:
     try:
         if args.url:  # only the given gateway
             target = HttpTarget("gateway", args.url, clips)
+            from loadtests.bench_cache import refuse_cached_gateway  # hits must not count as throughput
+
+            await refuse_cached_gateway(target.client, clips[0])
             await measure(target, clips, args, progress, runs, sweep)
             await target.close()
             return report

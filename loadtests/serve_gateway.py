@@ -8,7 +8,10 @@ onnxruntime): the "off" side of the micro-batching comparison. Admission control
 unless `--media-queue-factor` is given: the bench draws throughput curves with closed-loop
 clients, which a bounded queue would answer with 429s (tests/gateway/test_overload.py gives the
 default factor and measures the shedding). Everything else is the gateway exactly as `avserve
-serve` builds and runs it. Only 127.0.0.1.
+serve` builds and runs it. Only 127.0.0.1. The response cache is off unless `--response-cache-bytes`
+is given (an `AVSERVE_RESPONSE_CACHE_BYTES` in the environment does not turn it on): the bench
+sends the same clips over and over, and hits must not count as throughput (loadtests/bench_cache.py
+measures them).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-max-size", type=int, default=8)
     parser.add_argument("--batch-max-delay-ms", type=float, default=2.0)
     parser.add_argument("--media-queue-factor", type=float, default=1e6, help="admission control (default: never shed)")
+    parser.add_argument("--response-cache-bytes", type=int, default=0, help="response cache bound (default 0: off)")
     args = parser.parse_args(argv)
 
     from avserve.gateway import GatewaySettings, create_app
@@ -38,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
         batch_max_size=args.batch_max_size, batch_max_delay_ms=args.batch_max_delay_ms, backend_max_queue=512,
         max_in_flight_requests=512, media_queue_factor=args.media_queue_factor,
         batch_policy="off" if args.no_micro_batching else "measured",
+        response_cache_bytes=args.response_cache_bytes,
     )  # fmt: skip
     configure_logging("WARNING", "text")
     run_gateway(create_app(settings), settings, host="127.0.0.1", port=args.port)

@@ -26,6 +26,7 @@ from .classifier import Classifier
 from .errors import install_error_handlers
 from .metrics import LIFESPAN_STATE_KEY, GatewayMetrics
 from .observability import RequestContextMiddleware
+from .response_cache import ResponseCache
 from .routers import classify, health, metrics, models
 from .settings import MiB, GatewaySettings, get_settings
 
@@ -35,7 +36,7 @@ START_RETRY_SECONDS = 1.0
 
 
 def resolve_settings(app: FastAPI) -> GatewaySettings:
-    """The settings routes see (`create_app(settings)`, else the environment's)."""
+    """The settings routes see (dependencies.get_app_settings): `create_app(settings)`'s or the environment's."""
     return app.state.settings
 
 
@@ -60,10 +61,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         settings.decode_workers, queue_factor=settings.media_queue_factor, latency_target=settings.latency_target_seconds
     )
     gateway_metrics.watch_media(media_workers, admission)
+    response_cache = ResponseCache(settings.response_cache_bytes, ttl_seconds=settings.response_cache_ttl_seconds)
+    gateway_metrics.watch_cache(response_cache)
     app.state.backend = backend
     app.state.metrics = gateway_metrics
     app.state.in_flight = 0
     app.state.admission = admission
+    app.state.response_cache = response_cache
     app.state.classifier = Classifier(
         backend, media_workers, gateway_metrics, settings.media_limits,
         max_windows=settings.max_windows, retry_after_seconds=settings.retry_after_seconds,
@@ -108,9 +112,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         version="0.1.0",
         lifespan=lifespan,
     )
-    # In the app's state rather than `dependency_overrides`: with any override set, FastAPI
-    # re-analyses every dependency's signature on every request (a third of the gateway's own
-    # CPU per request, profiled with loadtests/profile_request.py).
+    # Not a `dependency_overrides` entry: with any override, FastAPI re-inspects every
+    # dependency on every request (see dependencies.py).
     app.state.settings = settings if settings is not None else get_settings()
     install_error_handlers(app)
     app.add_middleware(OperatorAccessMiddleware)  # /metrics and the docs: API key or metrics port

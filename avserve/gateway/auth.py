@@ -18,13 +18,12 @@ import binascii
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Security
+from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .errors import ApiError, error_response
-from .dependencies import get_app_settings
 from .settings import GatewaySettings
 
 METRICS_PATH = "/metrics"
@@ -43,10 +42,11 @@ def key_is_valid(candidate: str, settings: GatewaySettings) -> bool:
 
 
 async def require_api_key(
-    settings: Annotated[GatewaySettings, Depends(get_app_settings)],
+    request: Request,
     header_key: Annotated[str | None, Security(_api_key_header)] = None,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
 ) -> None:
+    settings: GatewaySettings = request.app.state.settings
     if not settings.api_keys:
         return
     candidate = header_key or (bearer.credentials if bearer is not None else None)

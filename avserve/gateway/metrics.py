@@ -102,6 +102,10 @@ class GatewayMetrics:
         """Export the media workers' failures and the admission queue at every scrape."""
         self.registry.register(_MediaCollector(workers, admission))
 
+    def watch_cache(self, cache: Any) -> None:
+        """Export the response cache's counters and size at every scrape (zeros when it is off)."""
+        self.registry.register(_CacheCollector(cache))
+
     def watch_backend(self, backend: Any) -> None:
         """Export the backend's own counters (when it keeps any) at every scrape."""
         stats = getattr(backend, "stats", None)
@@ -138,6 +142,44 @@ class _MediaCollector(Collector):
         wait = GaugeMetricFamily("avserve_media_predicted_wait_seconds", "Predicted wait for a media worker now.")
         wait.add_metric([], self._admission.predicted_wait())
         yield from (calls, failures, pending, service, wait)
+
+
+class _CacheCollector(Collector):
+    def __init__(self, cache: Any) -> None:
+        self._cache = cache
+
+    def describe(self) -> list:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        cache, stats = self._cache, self._cache.stats
+        lookups = (
+            ("hits", "Classify requests answered from the response cache, without decoding.", stats.hits),
+            ("misses", "Response cache lookups that found nothing: the answer was computed.", stats.misses),
+            ("bypasses", "Requests whose Cache-Control (no-cache, no-store) skipped the cache lookup.", stats.bypasses),
+            ("stores", "Answers stored in the response cache.", stats.stores),
+        )
+        for name, text, value in lookups:
+            family = CounterMetricFamily(f"avserve_response_cache_{name}", text)
+            family.add_metric([], value)
+            yield family
+        evictions = CounterMetricFamily(
+            "avserve_response_cache_evictions",
+            "Entries dropped: capacity (LRU, over the byte bound), expired (TTL), models_changed (a new repository).",
+            labels=["reason"],
+        )
+        for reason, count in stats.evictions.items():
+            evictions.add_metric([reason], count)
+        yield evictions
+        gauges = (
+            ("bytes", "Bytes the response cache's entries weigh now.", cache.bytes),
+            ("entries", "Answers in the response cache now.", cache.entries),
+            ("capacity_bytes", "The response cache's bound (AVSERVE_RESPONSE_CACHE_BYTES); 0 = off.", cache.max_bytes),
+        )
+        for name, text, value in gauges:
+            family = GaugeMetricFamily(f"avserve_response_cache_{name}", text)
+            family.add_metric([], value)
+            yield family
 
 
 class _BackendCollector(Collector):

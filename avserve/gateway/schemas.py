@@ -104,6 +104,14 @@ class ClassifyResponse(BaseModel):
     windows: list[ScoredWindow]
     media: MediaSummary
     timings_ms: Timings
+    cache: Literal["hit", "miss", "bypass"] | None = Field(
+        None,
+        description=(
+            "The response cache's part (also the `X-Cache` header): `hit` = answered from the cache, without "
+            "decoding (timings: upload and total only); `miss` = computed and stored; `bypass` = computed, "
+            "the client's `Cache-Control: no-cache`/`no-store` skipped the lookup. Null when the cache is off."
+        ),
+    )
 
 
 class TensorInfo(BaseModel):

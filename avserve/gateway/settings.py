@@ -2,9 +2,8 @@
 
     AVSERVE_REPOSITORY=model_repository AVSERVE_BACKEND=triton avserve serve
 
-`get_settings()` reads them from the environment once; `create_app(settings)` (tests, the
-CLI) keeps the given ones in `app.state.settings`, and routers receive them through the
-`get_app_settings` dependency (avserve.gateway.dependencies).
+`get_settings()` reads the environment once; an app serves `create_app(settings)`'s settings, or
+those, and routers receive them through the `dependencies.get_app_settings` dependency.
 """
 
 from __future__ import annotations
@@ -63,6 +62,13 @@ class GatewaySettings(BaseSettings):
         None, gt=0, description="Shed (429) a request whose predicted wait + decode exceeds this; default: no target."
     )
     backend_ready_timeout_seconds: float = Field(2.0, gt=0, description="How long /readyz waits for the backend.")
+    # Response cache (avserve.gateway.response_cache): off by default, like Triton's.
+    response_cache_bytes: int = Field(
+        0, ge=0, description="Memory for cached /classify answers (LRU, bytes); 0 = no response cache."
+    )
+    response_cache_ttl_seconds: float | None = Field(
+        None, gt=0, description="Forget a cached answer this long after it was stored; default: never (LRU only)."
+    )
 
     # ---- backends (avserve.backends.EmbeddedSettings / TritonSettings) ---------------------
     batch_policy: Literal["measured", "always", "off"] = Field(
