@@ -87,5 +87,5 @@ MISSING_MODALITY_POLICIES: Final = frozenset({"route", "zero_fill", "reject"})
 #             audio+video answer, as good as the model's training on unimodal clips (MBT).
 UNIMODAL_KINDS: Final = frozenset({"head", "stream"})
 # Numeric precision of an exported graph: "int8" = onnxruntime dynamic quantization of its
-# MatMul/Gemm nodes (training/quantize.py); "fp32" = as traced.
+# MatMul nodes (training/quantize.py); "fp32" = as traced.
 PRECISIONS: Final = frozenset({"fp32", "int8"})

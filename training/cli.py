@@ -229,7 +229,7 @@ def export(
     instances: Annotated[int, typer.Option(min=1, help="Model instances per device.")] = 1,
     quantize: Annotated[
         str,
-        typer.Option(help="none (fp32, default) or int8: onnxruntime dynamic quantization of MatMul/Gemm, for CPUs."),
+        typer.Option(help="none (fp32, default) or int8: onnxruntime dynamic quantization of MatMul, for CPUs."),
     ] = "none",
     parity_data: Annotated[
         Optional[Path],

@@ -49,7 +49,7 @@ Runtimes (`ExportOptions.runtime`):
                  and a GPU (training/tensorrt.py).
 
 Precision (`ExportOptions.quantize`): "none" keeps the fp32 graph; "int8" replaces it with its
-onnxruntime dynamic quantization (int8 MatMul/Gemm, training/quantize.py), records
+onnxruntime dynamic quantization (int8 MatMul, training/quantize.py), records
 `precision: int8` in config.pbtxt, and writes `quantization.json` (how, and the int8 vs fp32
 parity: top-1 agreement and max |probability difference| on a dataset split given as
 `parity_data`, else on generated inputs) into the model directory.
@@ -103,6 +103,7 @@ from training.quantize import (
     QUANTIZATION_FILE,
     QUANTIZE_CHOICES,
     QUANTIZED_OPS,
+    PARITY_CLIPS,
     QuantParity,
     dataset_batches,
     generated_batches,
@@ -143,11 +144,12 @@ class ExportOptions:
     missing_modality: str = "route"
     # More `parameters` for every model's config.pbtxt (export_run adds how the run was trained).
     extra_parameters: tuple[tuple[str, str], ...] = ()
-    # "int8": onnxruntime dynamic quantization of the graphs' MatMul/Gemm (training/quantize.py).
+    # "int8": onnxruntime dynamic quantization of the graphs' MatMul (training/quantize.py).
     quantize: str = "none"
     # Dataset whose `parity_split` clips measure int8 vs fp32 parity (None: generated inputs).
     parity_data: Path | None = None
     parity_split: str = "test"
+    parity_clips: int = PARITY_CLIPS  # at most this many clips of the split
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -282,7 +284,7 @@ def _quantize(model: AVClassifier, graph: ModalityGraph, onnx_path: Path, direct
     except Exception as error:  # noqa: BLE001 - the quantizer raises many types
         raise ExportError(f"int8 quantization of {directory.name} failed: {type(error).__name__}: {error}") from error
     if options.parity_data is not None:
-        batches = dataset_batches(model, graph.input_names, options.parity_data, options.parity_split)
+        batches = dataset_batches(model, graph.input_names, options.parity_data, options.parity_split, options.parity_clips)
     else:
         batches = generated_batches(model, graph.input_names)
     try:
@@ -298,7 +300,7 @@ def _quantize(model: AVClassifier, graph: ModalityGraph, onnx_path: Path, direct
         "precision": "int8",
         "method": "onnxruntime dynamic quantization",
         "quantized_ops": list(QUANTIZED_OPS),
-        "weights": "int8, per tensor, 7-bit range (reduce_range)",
+        "weights": "int8, per output channel, 7-bit range (reduce_range)",
         "activations": "uint8, quantized per call from their own range",
         "parity_vs_fp32": parity.to_dict(),
     }

@@ -141,7 +141,7 @@ class ModelInfo(BaseModel):
     precision: Literal["fp32", "int8"] | None = Field(
         None,
         description=(
-            "Numeric precision of the served graph. `int8`: its MatMul/Gemm weights are int8 and their "
+            "Numeric precision of the served graph. `int8`: its MatMul weights are int8 and their "
             "activations are quantized per call (onnxruntime dynamic quantization, `avserve export "
             "--quantize int8`): faster on CPU, answers within the parity the export reported. `fp32` or "
             "null: full precision (null when the repository does not say, as for every fp32 export)."

@@ -183,7 +183,7 @@ class ModelSpec:
         )
         modality_dropout = decode.fraction(Param.MODALITY_DROPOUT)
         precision = decode.choice(
-            Param.PRECISION, PRECISIONS, "the graph's numeric precision: 'int8' = quantized MatMul/Gemm, 'fp32' = as traced"
+            Param.PRECISION, PRECISIONS, "the graph's numeric precision: 'int8' = quantized MatMul, 'fp32' = as traced"
         )
         if config.max_batch_size < 0:
             raise RepositoryError(f"{where}: max_batch_size must be >= 0, not {config.max_batch_size}")
