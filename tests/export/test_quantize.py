@@ -187,3 +187,19 @@ def test_bad_quantize_values_are_clear_errors(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == "error: quantize must be one of none, int8, not 'fp16'"
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_models_endpoint_says_int8(int8_and_fp32, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from avserve.gateway import GatewaySettings, create_app
+
+    _, _, int8, _ = int8_and_fp32
+    settings = GatewaySettings(repository=int8, upload_dir=tmp_path, default_model="zorro_tiny", log_format="text")
+    with TestClient(create_app(settings)) as client:
+        body = client.get("/v1/models").json()
+        detail = client.get("/v1/models/zorro_tiny_audio").json()
+    assert {m["name"]: m["precision"] for m in body["models"]} == {
+        "zorro_tiny_av": "int8", "zorro_tiny_audio": "int8", "zorro_tiny_video": "int8"
+    }  # fmt: skip
+    assert detail["precision"] == "int8"
