@@ -216,7 +216,7 @@ def dataset_batches(
     records = load_records(data)
     selected = records.split(split)
     dataset = AVClipDataset(
-        selected.records[: max(limit * 4, limit)],  # enough candidates after skipping clips without an input
+        selected.records[: limit * 4],  # enough candidates after skipping the clips that lack an input
         records.classes,
         records.multilabel,
         Preprocessing.from_config(model.config),
