@@ -76,6 +76,7 @@ class Param:
     MISSING_MODALITY: Final = "missing_modality"  # one of MISSING_MODALITY_POLICIES
     UNIMODAL: Final = "unimodal"  # one of UNIMODAL_KINDS (unimodal graphs only)
     MODALITY_DROPOUT: Final = "modality_dropout"  # fraction of training clips made unimodal
+    PRECISION: Final = "precision"  # one of PRECISIONS; absent = fp32 as exported
 
 
 # What the gateway does with an upload lacking one of the family's modalities.
@@ -85,3 +86,6 @@ MISSING_MODALITY_POLICIES: Final = frozenset({"route", "zero_fill", "reject"})
 #   "stream"  the model run on that modality's stream alone, a different function from the
 #             audio+video answer, as good as the model's training on unimodal clips (MBT).
 UNIMODAL_KINDS: Final = frozenset({"head", "stream"})
+# Numeric precision of an exported graph: "int8" = onnxruntime dynamic quantization of its
+# MatMul nodes (training/quantize.py); "fp32" = as traced.
+PRECISIONS: Final = frozenset({"fp32", "int8"})

@@ -267,20 +267,39 @@ def export(
     ] = "onnxruntime",
     max_batch_size: Annotated[int, typer.Option(min=1, help="Largest batch Triton may form.")] = 16,
     instances: Annotated[int, typer.Option(min=1, help="Model instances per device.")] = 1,
+    quantize: Annotated[
+        str,
+        typer.Option(help="none (fp32, default) or int8: onnxruntime dynamic quantization of MatMul, for CPUs."),
+    ] = "none",
+    parity_data: Annotated[
+        Optional[Path],
+        typer.Option(help="With --quantize int8: a dataset whose --parity-split clips measure int8 vs fp32 (default: generated inputs)."),
+    ] = None,
+    parity_split: Annotated[str, typer.Option(help="Split of --parity-data to measure parity on.")] = "test",
 ) -> None:
     """Export a trained run as one Triton model per servable modality set (ONNX, parity-checked)."""
     from training.export import ExportError, ExportOptions, export_run
 
     try:
-        options = ExportOptions(family=name, runtime=runtime, max_batch_size=max_batch_size, instance_count=instances)
+        options = ExportOptions(
+            family=name,
+            runtime=runtime,
+            max_batch_size=max_batch_size,
+            instance_count=instances,
+            quantize=quantize,
+            parity_data=parity_data,
+            parity_split=parity_split,
+        )
         exported = export_run(checkpoint, repository, options)
     except ExportError as error:
         fail(str(error))
     for model in exported:
         typer.echo(
             f"{model.directory}  inputs={'+'.join(sorted(model.modalities))}  heads={','.join(model.heads)}  "
-            f"{model.file_bytes / 1e6:.1f} MB  max|torch-onnx|={model.max_abs_diff:.1e}"
+            f"{model.file_bytes / 1e6:.1f} MB  {model.precision}  max|torch-onnx|={model.max_abs_diff:.1e}"
         )
+        if model.int8_parity is not None:
+            typer.echo(f"  {model.int8_parity.summary()}")
 
 
 def models(

@@ -47,6 +47,12 @@ Runtimes (`ExportOptions.runtime`):
   "tensorrt_plan" a real TensorRT engine (`model.plan`, platform tensorrt_plan) built with
                  the `tensorrt` Python API and a batch optimisation profile; needs TensorRT
                  and a GPU (training/tensorrt.py).
+
+Precision (`ExportOptions.quantize`): "none" keeps the fp32 graph; "int8" replaces it with its
+onnxruntime dynamic quantization (int8 MatMul, training/quantize.py), records
+`precision: int8` in config.pbtxt, and writes `quantization.json` (how, and the int8 vs fp32
+parity: top-1 agreement and max |probability difference| on a dataset split given as
+`parity_data`, else on generated inputs) into the model directory.
 """
 
 from __future__ import annotations
@@ -93,6 +99,18 @@ from avserve.repository import (
 )
 from training.checkpoint import fsync_directory
 from training.models import AVClassifier, ModalityGraph
+from training.quantize import (
+    QUANTIZATION_FILE,
+    QUANTIZE_CHOICES,
+    QUANTIZED_OPS,
+    PARITY_CLIPS,
+    QuantParity,
+    dataset_batches,
+    generated_batches,
+    int8_parity,
+    parity_label,
+    quantize_graph,
+)
 
 Runtime = Literal["onnxruntime", "tensorrt", "tensorrt_plan"]
 RUNTIMES: tuple[str, ...] = ("onnxruntime", "tensorrt", "tensorrt_plan")
@@ -126,10 +144,25 @@ class ExportOptions:
     missing_modality: str = "route"
     # More `parameters` for every model's config.pbtxt (export_run adds how the run was trained).
     extra_parameters: tuple[tuple[str, str], ...] = ()
+    # "int8": onnxruntime dynamic quantization of the graphs' MatMul (training/quantize.py).
+    quantize: str = "none"
+    # Dataset whose `parity_split` clips measure int8 vs fp32 parity (None: generated inputs).
+    parity_data: Path | None = None
+    parity_split: str = "test"
+    parity_clips: int = PARITY_CLIPS  # at most this many clips of the split
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
             raise ExportError(f"runtime must be one of {', '.join(RUNTIMES)}, not {self.runtime!r}")
+        if self.quantize not in QUANTIZE_CHOICES:
+            raise ExportError(f"quantize must be one of {', '.join(QUANTIZE_CHOICES)}, not {self.quantize!r}")
+        if self.quantize == "int8" and self.runtime != "onnxruntime":
+            raise ExportError(
+                f"quantize int8 makes onnxruntime graphs; runtime {self.runtime!r} builds its own precision "
+                "(TensorRT INT8 needs calibration and is not supported)"
+            )
+        if self.parity_data is not None and self.quantize == "none":
+            raise ExportError("parity_data measures int8 against fp32: it needs quantize int8")
         if self.max_batch_size < 1:
             raise ExportError("max_batch_size must be >= 1")
         if self.instance_count < 1:
@@ -143,7 +176,9 @@ class ExportedModel:
     modalities: frozenset[str]
     heads: tuple[str, ...]
     file_bytes: int
-    max_abs_diff: float  # torch vs exported graph, over batch 1 and batch 3
+    max_abs_diff: float  # torch vs exported graph, over batch 1 and batch 3 (the fp32 graph)
+    precision: str = "fp32"
+    int8_parity: QuantParity | None = None  # int8 vs the fp32 graph, when quantized
 
 
 def export_run(run_dir: str | Path, repository: str | Path, options: ExportOptions = ExportOptions()) -> list[ExportedModel]:
@@ -220,6 +255,7 @@ def _export_one(
     example = example_inputs(model, graph.input_names, batch=2, seed=0)
     _export_onnx(graph, example, onnx_path, options.opset)
     max_abs_diff = check_parity(graph, onnx_path, options.tolerance)
+    parity = _quantize(model, graph, onnx_path, directory, options) if options.quantize == "int8" else None
 
     if options.runtime == "tensorrt_plan":
         from training.tensorrt import build_engine
@@ -231,7 +267,45 @@ def _export_one(
     write_model_config(directory / CONFIG_FILE, config)
     (directory / LABELS_FILE).write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
     model_file = next(version_dir.iterdir())
-    return ExportedModel(name, directory, modalities, graph.head_names, model_file.stat().st_size, max_abs_diff)
+    precision = "int8" if parity is not None else "fp32"
+    return ExportedModel(
+        name, directory, modalities, graph.head_names, model_file.stat().st_size, max_abs_diff, precision, parity
+    )
+
+
+def _quantize(model: AVClassifier, graph: ModalityGraph, onnx_path: Path, directory: Path, options: ExportOptions) -> QuantParity:
+    """Replace the (parity-checked) fp32 graph with its int8 version; measure and record parity."""
+    from training.data.records import DatasetError
+
+    fp32_path = onnx_path.with_name("model.fp32.onnx")
+    onnx_path.rename(fp32_path)
+    try:
+        quantize_graph(fp32_path, onnx_path)
+    except Exception as error:  # noqa: BLE001 - the quantizer raises many types
+        raise ExportError(f"int8 quantization of {directory.name} failed: {type(error).__name__}: {error}") from error
+    if options.parity_data is not None:
+        batches = dataset_batches(model, graph.input_names, options.parity_data, options.parity_split, options.parity_clips)
+    else:
+        batches = generated_batches(model, graph.input_names)
+    try:
+        parity = int8_parity(
+            fp32_path, onnx_path, batches, parity_label(options.parity_data, options.parity_split), graph.output_names[0]
+        )
+    except DatasetError as error:
+        raise ExportError(f"parity data: {error}") from error
+    fp32_path.unlink()
+    if not parity.max_prob_diff <= 1.0:  # NaN or inf: the int8 graph is broken
+        raise ExportError(f"{directory.name}: the int8 graph's outputs are not finite")
+    record = {
+        "precision": "int8",
+        "method": "onnxruntime dynamic quantization",
+        "quantized_ops": list(QUANTIZED_OPS),
+        "weights": "int8, per output channel, 7-bit range (reduce_range)",
+        "activations": "uint8, quantized per call from their own range",
+        "parity_vs_fp32": parity.to_dict(),
+    }
+    (directory / QUANTIZATION_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return parity
 
 
 def model_config_for(model: AVClassifier, graph: ModalityGraph, name: str, options: ExportOptions) -> ModelConfig:
@@ -260,6 +334,8 @@ def model_config_for(model: AVClassifier, graph: ModalityGraph, name: str, optio
     }
     if len(graph.modalities) == 1:
         parameters[Param.UNIMODAL] = model.unimodal_graphs
+    if options.quantize == "int8":
+        parameters[Param.PRECISION] = "int8"
     tensorrt_plan = options.runtime == "tensorrt_plan"
     config = new_model_config(
         NewModelConfig(

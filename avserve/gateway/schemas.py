@@ -167,6 +167,15 @@ class ModelInfo(BaseModel):
             "video-only clips its training data held."
         ),
     )
+    precision: Literal["fp32", "int8"] | None = Field(
+        None,
+        description=(
+            "Numeric precision of the served graph. `int8`: its MatMul weights are int8 and their "
+            "activations are quantized per call (onnxruntime dynamic quantization, `avserve export "
+            "--quantize int8`): faster on CPU, answers within the parity the export reported. `fp32` or "
+            "null: full precision (null when the repository does not say, as for every fp32 export)."
+        ),
+    )
     sample_rate: int | None
     clip_seconds: float | None
     num_frames: int | None

@@ -26,6 +26,7 @@ from avserve.contract import (
     MISSING_MODALITY_POLICIES,
     MODALITIES,
     ONNX_MODEL_FILE,
+    PRECISIONS,
     UNIMODAL_KINDS,
     VIDEO,
     Param,
@@ -80,6 +81,7 @@ class ModelSpec:
     missing_modality: str
     unimodal: str | None = None  # one of UNIMODAL_KINDS, or None when the config does not say
     modality_dropout: float | None = None  # fraction of training clips made unimodal, when recorded
+    precision: str | None = None  # one of PRECISIONS ("int8": quantized MatMuls), None when not stated (fp32)
     labels: tuple[str, ...] = ()
     versions: tuple[int, ...] = ()
     path: Path | None = None  # the model directory, when read from disk
@@ -180,6 +182,9 @@ class ModelSpec:
             "for that modality, 'stream' = the model run on that stream alone",
         )
         modality_dropout = decode.fraction(Param.MODALITY_DROPOUT)
+        precision = decode.choice(
+            Param.PRECISION, PRECISIONS, "the graph's numeric precision: 'int8' = quantized MatMul, 'fp32' = as traced"
+        )
         if config.max_batch_size < 0:
             raise RepositoryError(f"{where}: max_batch_size must be >= 0, not {config.max_batch_size}")
 
@@ -203,6 +208,7 @@ class ModelSpec:
             missing_modality=missing_modality,
             unimodal=unimodal,
             modality_dropout=modality_dropout,
+            precision=precision,
             labels=tuple(labels or ()),
             versions=tuple(sorted(versions)),
             path=path,
