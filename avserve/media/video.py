@@ -2,9 +2,10 @@
 
 Two ways to pick the frame for each target time (`sampling`):
   exact  the frame on screen at the target: decode forward from the keyframe before it.
-  fast   the keyframe nearest the target, when one lies within a segment's length of it
-         (else the exact frame): only keyframes are decoded (FFmpeg's `skip_frame`), so a
-         phone clip with a 2 s GOP costs a handful of intra frames instead of whole GOPs.
+  fast   the keyframe nearest the target, when one lies within a segment's length of it,
+         decoded alone; else the last reference frame at or before the target (the decoder
+         skips non-reference frames, FFmpeg's `skip_frame`). A phone clip with a 2 s GOP costs
+         a handful of intra frames instead of whole GOPs.
          `DecodedVideo.targets` next to `.timestamps` says how far each choice landed.
 """
 
@@ -230,11 +231,14 @@ def _keyframes_near(
     chosen_packets: dict[int, tuple[Packet, float]] = {}
     if time_base is not None:
         seek_to(container, stream, max(0.0, targets[0] - tolerance - _KeyframeIndex.of(container, stream).decode_lag))
+        horizon = targets[-1] + tolerance + _TIME_EPSILON
         for packet in container.demux(stream):
+            if packet.dts is not None and packet.dts * time_base - origin > horizon:
+                break  # every later frame is shown later still (pts >= dts)
             if not packet.is_keyframe or packet.pts is None:
                 continue
             time = packet.pts * time_base - origin
-            if time > targets[-1] + tolerance + _TIME_EPSILON:
+            if time > horizon:
                 break  # keyframes come in presentation order: the rest are further still
             for i, target in enumerate(targets):
                 distance = abs(time - target)
@@ -251,8 +255,15 @@ def _keyframes_near(
         if decoded[id(packet)] is not None:
             chosen[i] = decoded[id(packet)]  # type: ignore[assignment]
     missing = [i for i in range(len(targets)) if i not in chosen]
-    if missing:  # no keyframe close enough, or it did not decode
-        exact = _frames_shown_at(container, stream, [targets[i] for i in missing], limits, skipper)
+    if missing:
+        # No keyframe close enough (or it did not decode): the nearest earlier frame that other
+        # frames reference. Skipping the rest (FFmpeg's skip_frame=NONREF; they cannot affect the
+        # frames after them) lands within a frame or two of the target for much less decoding.
+        stream.codec_context.skip_frame = "NONREF"
+        try:
+            exact = _frames_shown_at(container, stream, [targets[i] for i in missing], limits, skipper)
+        finally:
+            stream.codec_context.skip_frame = "DEFAULT"
         chosen.update(zip(missing, exact, strict=True))
     return [chosen[i] for i in range(len(targets))]
 
