@@ -90,6 +90,14 @@ class Progress:
         print(f"[bench {time.perf_counter() - self.began:6.1f}s] {message}", flush=True)
 
 
+async def batch_policies(target: HttpTarget) -> dict:
+    """Each model's micro-batching policy as the gateway chose it (GET /v1/models: rows, reason,
+    measured curve), so the report says what the on/off comparison compared."""
+    response = await target.client.get("/v1/models")
+    response.raise_for_status()
+    return {model["name"]: model.get("batching") for model in response.json()["models"]}
+
+
 def record(result: RunResult, runs: list[dict], progress: Progress) -> None:
     """Append the run's summary to the report's runs and print its line."""
     runs.append(result.summary())
@@ -202,6 +210,9 @@ async def run_all(args, progress) -> dict:
                 record(result, runs, progress)
         if upload_groups:
             report["uploads"] = await measure_uploads(targets, upload_groups, args, progress, runs)
+        report["batch_policies"] = {
+            name: await batch_policies(target) for name, target in targets.items() if name.startswith("gateway-embedded")
+        }
         for target in targets.values():
             await target.close()
     finally:

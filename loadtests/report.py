@@ -203,6 +203,15 @@ def batch_curve_lines(report: dict, pays_below: float = 0.9) -> list[str]:
                      + f" | {curve[batches[-1]] / single:.2f}x | {max(paying, default=1)} |")
     lines += ["", f"\"batches up to\": the largest batch costing under {pays_below:g}x batch 1 per clip (1: batching "
               "does not pay), the rule the embedded backend applies to the curve it measures at start-up.", ""]
+    policies = report.get("batch_policies") or {}
+    if policies:
+        lines += ["What each gateway chose at its own start-up (GET /v1/models):", "",
+                  "| gateway | model | rows at most | why |", "|---|---|---:|---|"]
+        for gateway, models in policies.items():
+            for model, policy in sorted(models.items()):
+                if policy:
+                    lines.append(f"| {gateway} | {model} | {policy['max_rows']} | {policy['reason']} |")
+        lines.append("")
     return lines
 
 

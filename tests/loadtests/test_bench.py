@@ -20,17 +20,22 @@ def test_closed_and_fixed_rate_runs_against_a_real_gateway(gateway_url, clip_dir
 
     clips = make_clips(clip_dir)
 
+    from loadtests.bench import batch_policies
+
     async def go():
         # the gateway runs in this process (its media workers are children): its tree's CPU
         target = HttpTarget("gateway", gateway_url, clips, server_pids=(os.getpid(),))
         try:
             closed = await closed_loop(target, clips, 2, 2.0)
             rate = await fixed_rate(target, clips, 4.0, 2.0)
+            policies = await batch_policies(target)
         finally:
             await target.close()
-        return closed.summary(), rate.summary()
+        return closed.summary(), rate.summary(), policies
 
-    closed, rate = asyncio.run(go())
+    closed, rate, policies = asyncio.run(go())
+    # The report records what the gateway chose per model (embedded backend: a measured policy).
+    assert policies and all(policy["max_rows"] >= 1 and policy["reason"] for policy in policies.values()), policies
     for summary in (closed, rate):
         stats = summary["all"]
         assert stats["ok"] > 0 and stats["error_ratio"] == 0.0, summary
@@ -223,3 +228,19 @@ def test_report_tables_each_graphs_batch_curve():
     assert rows == ["| zorro_av | 5.80 | 4.60 | 3.90 | 3.40 | 0.59x | 8 |",
                     "| zorro_audio | 251.00 | 260.00 | 270.00 | 288.00 | 1.15x | 1 |"]
     assert batch_curve_lines({"graph_only": {"flops_per_s": 1.0}}) == []
+
+
+def test_report_says_which_batch_policy_each_gateway_chose():
+    from loadtests.report import batch_curve_lines
+
+    report = {
+        "model": {"family": "zorro"},
+        "graph_only": {"ms_per_clip": {"av": {1: 5.8, 8: 3.4}}},
+        "batch_policies": {
+            "gateway-embedded": {"zorro_av": {"max_rows": 8, "reason": "batch 8 costs 0.59x"}},
+            "gateway-embedded-nomb": {"zorro_av": {"max_rows": 1, "reason": "micro-batching off"}},
+        },
+    }
+    lines = batch_curve_lines(report)
+    assert "| gateway-embedded | zorro_av | 8 | batch 8 costs 0.59x |" in lines
+    assert "| gateway-embedded-nomb | zorro_av | 1 | micro-batching off |" in lines
