@@ -12,13 +12,12 @@ import hashlib
 import os
 import random
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from sigkill import kill_when, launch
 
 from avserve.repository import load_repository
 from training import export as exporter
@@ -85,24 +84,6 @@ def versions(reference_dirs):
 
 def export_command(run: Path, repository: Path) -> list[str]:
     return [sys.executable, "-m", "avserve.cli", "export", "--checkpoint", str(run), "--repository", str(repository), "--name", FAMILY]
-
-
-def launch(command, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env)
-
-
-def kill_when(proc: subprocess.Popen, condition, timeout: float = 120.0) -> bool:
-    """SIGKILL proc as soon as condition() holds (polled every 0.2 ms); False if it exited first."""
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None:
-        if condition():
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return True
-        assert time.monotonic() < deadline, "the export neither finished nor reached the kill moment"
-        time.sleep(0.0002)
-    return False
 
 
 def appears(path: Path):

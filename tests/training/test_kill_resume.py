@@ -13,9 +13,7 @@ they go.
 from __future__ import annotations
 
 import json
-import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -23,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from sigkill import kill_when, launch
 
 from training import checkpoint as ckpt
 from training.trainer import TrainConfig, TrainError, Trainer
@@ -49,27 +48,6 @@ def train_command(data: Path, out: Path, resume: bool) -> list[str]:
         "--steps", str(STEPS), "--batch-size", "2", "--lr", "1e-3", "--eval-every", "1", "--log-every", "1",
         "--max-eval-clips", "2", "--workers", "0", "--no-progress", *(["--resume"] if resume else []),
     ]  # fmt: skip
-
-
-def launch(command: list[str], log: Path) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env)
-
-
-def kill_when(proc: subprocess.Popen, condition, timeout: float = 120.0) -> bool:
-    """SIGKILL proc as soon as condition() holds (polled every 0.2 ms); False if it exited first."""
-    deadline = time.monotonic() + timeout
-    while proc.poll() is None:
-        if condition():
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-            return True
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            raise AssertionError("the training process neither finished nor reached the kill moment")
-        time.sleep(0.0002)
-    return False
 
 
 def appearances(path: Path, count: int):
