@@ -124,12 +124,13 @@ def decode_video_from(
         window = Window(window.start, min(window.end, clip_end), window.padded)
     targets = segment_centres(window, num_frames)
     skipper = PacketSkipper("video", limits)
+    index = _KeyframeIndex.of(container, stream)
     if sampling == "fast":
         # A keyframe further than one segment from its target would stand for the wrong
-        # part of the window: that target gets its exact frame instead.
-        shown = _keyframes_near(container, stream, targets, window.duration / num_frames, limits, skipper)
+        # part of the window: that target gets the reference frame before it instead.
+        shown = _keyframes_near(container, stream, index, targets, window.duration / num_frames, limits, skipper)
     else:
-        shown = _frames_shown_at(container, stream, targets, limits, skipper)
+        shown = _frames_shown_at(container, stream, index, targets, limits, skipper)
     rotation = frame_rotation(shown[0][0], stream)
     frames = _to_rgb_batch([frame for frame, _ in shown], rotation, out_height, out_width)
 
@@ -171,6 +172,7 @@ def segment_centres(window: Window, count: int) -> list[float]:
 def _frames_shown_at(
     container: InputContainer,
     stream: Stream,
+    index: _KeyframeIndex,
     targets: list[float],
     limits: MediaLimits,
     skipper: PacketSkipper,
@@ -182,7 +184,6 @@ def _frames_shown_at(
     seeking back to a keyframe we have already passed; on a single-keyframe file this
     decodes the window once instead of once per target.
     """
-    index = _KeyframeIndex.of(container, stream)
     frames: Iterator[tuple[VideoFrame, float]] | None = None
     position = -math.inf  # clip time of the newest frame decoded since the last seek
     on_screen: tuple[VideoFrame, float] | None = None  # newest frame at or before the target
@@ -213,6 +214,7 @@ def _frames_shown_at(
 def _keyframes_near(
     container: InputContainer,
     stream: Stream,
+    index: _KeyframeIndex,
     targets: list[float],
     tolerance: float,
     limits: MediaLimits,
@@ -230,7 +232,7 @@ def _keyframes_near(
     time_base = float(stream.time_base) if stream.time_base is not None else None
     chosen_packets: dict[int, tuple[Packet, float]] = {}
     if time_base is not None:
-        seek_to(container, stream, max(0.0, targets[0] - tolerance - _KeyframeIndex.of(container, stream).decode_lag))
+        seek_to(container, stream, max(0.0, targets[0] - tolerance - index.decode_lag))
         horizon = targets[-1] + tolerance + _TIME_EPSILON
         for packet in container.demux(stream):
             if packet.dts is not None and packet.dts * time_base - origin > horizon:
@@ -261,7 +263,7 @@ def _keyframes_near(
         # frames after them) lands within a frame or two of the target for much less decoding.
         stream.codec_context.skip_frame = "NONREF"
         try:
-            exact = _frames_shown_at(container, stream, [targets[i] for i in missing], limits, skipper)
+            exact = _frames_shown_at(container, stream, index, [targets[i] for i in missing], limits, skipper)
         finally:
             stream.codec_context.skip_frame = "DEFAULT"
         chosen.update(zip(missing, exact, strict=True))
