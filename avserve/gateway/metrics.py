@@ -153,14 +153,19 @@ class _CacheCollector(Collector):
 
     def collect(self) -> Iterator[Any]:
         cache, stats = self._cache, self._cache.stats
-        lookups = (
-            ("hits", "Classify requests answered from the response cache, without decoding.", stats.hits),
-            ("misses", "Response cache lookups that found nothing: the answer was computed.", stats.misses),
-            ("bypasses", "Requests whose Cache-Control (no-cache, no-store) skipped the cache lookup.", stats.bypasses),
-            ("stores", "Answers stored in the response cache.", stats.stores),
+        unlabelled = (
+            (CounterMetricFamily, "hits", "Classify requests answered from the response cache, without decoding.", stats.hits),
+            (CounterMetricFamily, "misses", "Response cache lookups that found nothing: the answer was computed.", stats.misses),
+            (CounterMetricFamily, "bypasses", "Requests whose Cache-Control (no-cache, no-store) skipped the cache lookup.",
+             stats.bypasses),
+            (CounterMetricFamily, "stores", "Answers stored in the response cache.", stats.stores),
+            (GaugeMetricFamily, "bytes", "Bytes the response cache's entries weigh now.", cache.bytes),
+            (GaugeMetricFamily, "entries", "Answers in the response cache now.", cache.entries),
+            (GaugeMetricFamily, "capacity_bytes", "The response cache's bound (AVSERVE_RESPONSE_CACHE_BYTES); 0 = off.",
+             cache.max_bytes),
         )
-        for name, text, value in lookups:
-            family = CounterMetricFamily(f"avserve_response_cache_{name}", text)
+        for kind, name, text, value in unlabelled:
+            family = kind(f"avserve_response_cache_{name}", text)
             family.add_metric([], value)
             yield family
         evictions = CounterMetricFamily(
@@ -171,15 +176,6 @@ class _CacheCollector(Collector):
         for reason, count in stats.evictions.items():
             evictions.add_metric([reason], count)
         yield evictions
-        gauges = (
-            ("bytes", "Bytes the response cache's entries weigh now.", cache.bytes),
-            ("entries", "Answers in the response cache now.", cache.entries),
-            ("capacity_bytes", "The response cache's bound (AVSERVE_RESPONSE_CACHE_BYTES); 0 = off.", cache.max_bytes),
-        )
-        for name, text, value in gauges:
-            family = GaugeMetricFamily(f"avserve_response_cache_{name}", text)
-            family.add_metric([], value)
-            yield family
 
 
 class _BackendCollector(Collector):
