@@ -124,7 +124,7 @@ class Classifier:
             on_route(route)
         spec = route.spec
         windows = plan_windows(spec, info.duration, params.start, params.duration, self.max_windows)
-        if read.windows is None or read.windows != windows:
+        if read.windows != windows:  # None: the worker had no plan for these streams, or the window did not fit
             # Route and windows are fine, so the plan itself failed: a model whose shapes do not
             # fit (raised here), or a mismatch that is a bug.
             self._plan_for(route, params)
