@@ -9,8 +9,9 @@ whether the Table 5 values are before or after it; with `scale_lr=True` the reci
 multiplied by global_batch/256. Off by default (the Table 5 LRs are used as given).
 
 Schedule: linear warm-up from 0 to the peak LR over `warmup_steps`, then cosine decay to
-`final_lr_fraction * peak` at the last step (Zorro: "cosine-decay LR schedule ... and LR
-warm-up"; the warm-up length is not stated, we default to 5 % of the steps; MBT: 2.5 epochs).
+`final_lr_fraction * peak` at the last step, over half a cosine period (`cosine_period`; VATT's
+pretraining uses a quarter). Zorro: "cosine-decay LR schedule ... and LR warm-up"; the warm-up
+length is not stated, we default to 5 % of the steps; MBT: 2.5 epochs.
 
 Parameter groups (`parameter_groups`), the same for every recipe:
   * weight decay only on the weights of Linear / Conv / Embedding layers: never on norms,
@@ -47,6 +48,9 @@ class Recipe:
     warmup_fraction: float = 0.05  # of total steps (used if warmup_epochs is None)
     warmup_epochs: float | None = None
     final_lr_fraction: float = 0.0
+    # The share of a cosine period the decay covers: 0.5 is the usual half period (peak -> final,
+    # flat at both ends), 0.25 VATT's quarter period (steepest at the end).
+    cosine_period: float = 0.5
     label_smoothing: float = 0.0
     mixup_alpha: float = 0.0
     modality_mixup: bool = False  # MBT Sec. 4.2: an independent mixup lambda per modality
@@ -104,6 +108,27 @@ RECIPES: dict[str, Recipe] = {
             "is the model's drop_path: mbt_vit_b16's default)",
         ),
         Recipe(
+            "vatt",
+            "adam",
+            1e-4,
+            0.0,
+            warmup_fraction=0.02,
+            final_lr_fraction=0.5,
+            cosine_period=0.25,
+            source="VATT App. A.2.4: Adam, LR 1e-4, 10k warm-up steps of 500k (2 %), quarter-period cosine from 1e-4 "
+            "to 5e-5, batch 2048; weight decay not stated (none)",
+        ),
+        Recipe(
+            "vatt_finetune",
+            "sgd",
+            0.005,
+            0.0,
+            warmup_fraction=0.025,
+            label_smoothing=0.1,
+            source="VATT App. A.3.1 (video action recognition): SGD m=0.9, LR 0.005, 2.5k warm-up steps of 100k, "
+            "half-period cosine to 0, label smoothing 0.1, batch 64, no DropToken",
+        ),
+        Recipe(
             "masked",
             "adam",
             3e-4,
@@ -134,6 +159,7 @@ class Schedule:
     total_steps: int
     warmup_steps: int
     final_lr_fraction: float = 0.0
+    cosine_period: float = 0.5
 
     def factor(self, step: int) -> float:
         """Multiplier of peak_lr at optimiser step `step` (0-based)."""
@@ -141,7 +167,9 @@ class Schedule:
             return (step + 1) / self.warmup_steps
         decay_steps = max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, max(0.0, (step - self.warmup_steps) / decay_steps))
-        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+        # cos over [0, 2 pi period], rescaled to fall from 1 to 0 (period 0.5: (1 + cos(pi p)) / 2)
+        end = math.cos(2.0 * math.pi * self.cosine_period)
+        cosine = (math.cos(2.0 * math.pi * self.cosine_period * progress) - end) / (1.0 - end)
         return self.final_lr_fraction + (1.0 - self.final_lr_fraction) * cosine
 
     __call__ = factor

@@ -31,3 +31,18 @@ def route_flops(model: AVClassifier) -> dict[str, float]:
             meta(**{m: inputs[m] for m in modalities})
         flops[ROUTE_SUFFIXES[frozenset(modalities)]] = float(counter.get_total_flops())
     return flops
+
+
+ATTENTION_OPS = ("bmm", "baddbmm", "scaled_dot_product")
+
+
+def dense_and_attention_flops(run) -> tuple[float, float]:
+    """(FLOPs of dense layers and convolutions, FLOPs of attention's QK^T and AV) of `run()`,
+    both at 2 per multiply-accumulate, counted on the meta device (where attention decomposes into
+    batched matmuls; no linear layer here is a bmm, so the split is by op)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        run()
+    counts = counter.get_flop_counts().get("Global", {})
+    attention = sum(float(v) for op, v in counts.items() if any(name in str(op) for name in ATTENTION_OPS))
+    return float(counter.get_total_flops()) - attention, attention
