@@ -50,3 +50,14 @@ def mbt_repository(tmp_path_factory, worker_id):
     Returns (repository_path, torch_model).
     """
     return _shared_export(tmp_path_factory, worker_id, "mbt_tiny", "mbt_repository")
+
+
+@pytest.fixture(scope="session")
+def vatt_repository(tmp_path_factory, worker_id):
+    """vatt_tiny_av, _audio and _video (VATT: an audio and a video head on independent
+    transformers, the audio+video answer their mean; unimodal graphs are `head` graphs), exported
+    like `zorro_repository` from a seeded, untrained vatt_tiny.
+
+    Returns (repository_path, torch_model).
+    """
+    return _shared_export(tmp_path_factory, worker_id, "vatt_tiny", "vatt_repository")

@@ -1,0 +1,96 @@
+"""VATT behind POST /classify on the embedded backend and a real Triton: all three upload kinds.
+
+VATT (training/models/vatt.py) takes raw PCM straight into its graph (128-sample segments, no
+spectrogram), has an audio and a video head on independent transformers, and answers audio+video
+uploads with the mean of the two (late fusion). Its unimodal graphs are `head` graphs: the audio
+graph computes exactly the audio+video graph's audio head. Every answer is checked against the
+exported graph run by onnxruntime (and the torch model) on the tensors decoded from the file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+from gateway_helpers import NUM_LABELS, post_clip, wait_until_ready
+from test_mbt import KINDS, assert_scores, decoded_inputs, reference, softmax  # noqa: F401  (reference: a fixture)
+
+from avserve.repository import load_model_spec
+from avserve.triton import LocalTriton
+
+VATT = "vatt_tiny"
+HEADS = {f"{VATT}_av": {"audio", "video"}, f"{VATT}_audio": {"audio"}, f"{VATT}_video": {"video"}}
+
+
+@pytest.fixture(scope="module")
+def vatt_embedded(gateway_factory, vatt_repository):
+    repository, _ = vatt_repository
+    return gateway_factory(repository=repository, default_model=VATT)
+
+
+@pytest.fixture(scope="module")
+def vatt_triton(gateway_factory, vatt_repository) -> Iterator:
+    repository, _ = vatt_repository
+    triton = LocalTriton(repository, http_port=0, grpc_port=0, metrics_port=0, startup_timeout=180).start()
+    try:
+        yield wait_until_ready(gateway_factory(backend="triton", triton_url=triton.grpc_url, request_timeout_seconds=30))
+    finally:
+        triton.stop()
+
+
+@pytest.fixture
+def vatt_gateway(request):
+    return request.getfixturevalue({"embedded": "vatt_embedded", "triton": "vatt_triton"}[request.param])
+
+
+BACKENDS = ["embedded", pytest.param("triton", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("vatt_gateway", BACKENDS, indirect=True)
+def test_every_upload_kind_is_answered_by_its_graph(vatt_gateway, vatt_repository, clips, reference):
+    import torch
+
+    repository, model = vatt_repository
+    backend = vatt_gateway.settings.backend
+    with vatt_gateway.client() as client:
+        for kind, (suffix, used) in KINDS.items():
+            clip = getattr(clips, kind)
+            model_dir = repository / f"{VATT}_{suffix}"
+            response = post_clip(client, clip, top_k=NUM_LABELS)
+            assert response.status_code == 200, response.text
+            body = response.json()
+            unimodal = None if kind == "av" else "head"
+            assert body["model"] == {"name": model_dir.name, "version": "1", "family": VATT, "backend": backend, "unimodal": unimodal}
+            assert body["modalities"] == {"present": used, "used": used, "zero_filled": [], "degraded": False}
+            expected = reference(model_dir, clip)
+            labels = load_model_spec(model_dir).labels
+            assert_scores(body["predictions"], expected["logits"], labels)
+            assert set(body["heads"]) == HEADS[model_dir.name]
+            for head, top in body["heads"].items():
+                assert_scores(top, expected[f"head_{head}"], labels)
+            # and the graph is the torch model's: its heads, and their mean as the answer
+            with torch.no_grad():
+                out = model(**{name: torch.from_numpy(x) for name, x in decoded_inputs(model_dir, clip).items()})
+            np.testing.assert_allclose(softmax(out["logits"][0].numpy()), expected["logits"], rtol=0, atol=1e-4)
+
+
+def test_unimodal_answers_are_the_av_answers_heads(vatt_embedded, vatt_repository, clips, reference):
+    """A `head` graph: the audio-only graph on the av upload's audio gives the av graph's audio head."""
+    repository, _ = vatt_repository
+    av = reference(repository / f"{VATT}_av", clips.av)
+    audio = reference(repository / f"{VATT}_audio", clips.av)  # decodes only the audio of the same file
+    video = reference(repository / f"{VATT}_video", clips.av)
+    np.testing.assert_allclose(audio["logits"], av["head_audio"], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(video["logits"], av["head_video"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("vatt_gateway", BACKENDS, indirect=True)
+def test_models_say_the_unimodal_graphs_are_heads(vatt_gateway):
+    with vatt_gateway.client() as client:
+        body = client.get("/v1/models").json()
+    models = {m["name"]: m for m in body["models"]}
+    assert set(models) == set(HEADS)
+    assert {name: m["unimodal"] for name, m in models.items()} == {f"{VATT}_av": None, f"{VATT}_audio": "head", f"{VATT}_video": "head"}
+    assert {name: set(m["heads"]) for name, m in models.items()} == HEADS
+    assert {m["architecture"] for m in models.values()} == {"vatt"}
