@@ -67,6 +67,9 @@ def data_synth(
     unimodal_fraction: Annotated[
         float, typer.Option(min=0.0, max=0.5, help="Extra audio-only and video-only files, each as a fraction of --clips.")
     ] = 0.1,
+    caption_fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Files with captions (text for pretraining, 5 each); the rest have none.")
+    ] = 0.85,
     workers: Annotated[int, typer.Option(min=1, help="Encoding processes.")] = 1,
     preset: Annotated[
         SynthPreset, typer.Option(help="dataset: the labelled training set. uploads: clips the size of real uploads for "
@@ -87,7 +90,7 @@ def data_synth(
         fail("--upload needs --preset uploads")
     from training.data.synth import SynthConfig, generate_dataset
 
-    config = SynthConfig(clip_seconds=clip_seconds, unimodal_fraction=unimodal_fraction)
+    config = SynthConfig(clip_seconds=clip_seconds, unimodal_fraction=unimodal_fraction, caption_fraction=caption_fraction)
     manifest = generate_dataset(out, clips=clips, seed=seed, config=config, workers=workers)
     typer.echo(f"wrote {manifest}")
 

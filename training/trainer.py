@@ -269,6 +269,7 @@ class Trainer:
             missing=self.missing,
             seed=cfg.seed,
             video_augment=VideoAugmentConfig(hflip_prob=float(config.video_hflip_prob)),
+            text=self.objective_type.text_input,
         )
         if len(self.train_set) == 0:
             raise TrainError(f"split {cfg.train_split!r} has no clip with the modalities {sorted(modalities)} the model needs")
@@ -276,7 +277,8 @@ class Trainer:
         if eval_records is not None:
             clips = eval_records.records[: cfg.max_eval_clips] if cfg.max_eval_clips else eval_records.records
             self.eval_set = AVClipDataset(
-                clips, self.classes, self.multilabel, pre, train=False, modalities=modalities, missing=self.missing, seed=cfg.seed
+                clips, self.classes, self.multilabel, pre, train=False, modalities=modalities, missing=self.missing,
+                seed=cfg.seed, text=self.objective_type.text_input,
             )
             if len(self.eval_set) == 0:
                 self.eval_set = None

@@ -138,6 +138,42 @@ def test_records_are_hashable(clips: Path) -> None:
     assert len(set(dataset.records)) == 1
 
 
+def test_captions_column_is_split_on_bars_and_stripped(clips: Path) -> None:
+    manifest = write_manifest(
+        clips,
+        "path,label,captions,source\n"
+        'clips/a.mp4,dog," a dog barks | barking in a hallway |  ",yt\n'
+        "clips/b.wav,cat,a cat purrs,fs\n"
+        'clips/c.webm,bird,"birds sing, loudly|",\n'  # a comma inside a quoted field is text
+        "clips/d.mkv,bird,,\n",
+    )
+    dataset = read_manifest(manifest)
+    assert [r.captions for r in dataset] == [
+        ("a dog barks", "barking in a hallway"),
+        ("a cat purrs",),
+        ("birds sing, loudly",),
+        (),
+    ]
+    assert all("captions" not in r.extra for r in dataset)
+    assert dataset.records[0].extra == {"source": "yt"}
+    assert "captions: 3 of 4 clips have captions (4 captions)" in dataset.summary()
+
+
+def test_caption_column_is_accepted_too_and_not_both(clips: Path) -> None:
+    dataset = read_manifest(write_manifest(clips, "path,label,Caption\nclips/a.mp4,dog,a dog barks\n"))
+    assert dataset.records[0].captions == ("a dog barks",) and dataset.records[0].extra == {}
+    with pytest.raises(DatasetError, match="both 'caption' and 'captions'"):
+        read_manifest(write_manifest(clips, "path,label,caption,captions\nclips/a.mp4,dog,x,y\n"))
+
+
+def test_without_a_captions_column_records_have_none(clips: Path) -> None:
+    dataset = read_manifest(write_manifest(clips, "path,label\nclips/a.mp4,dog\n"))
+    assert dataset.records[0].captions == ()
+    assert "have captions" not in dataset.summary()
+    folders = read_class_folders(clips)
+    assert all(r.captions == () for r in folders)
+
+
 # --------------------------------------------------------------------------- malformed manifests
 
 

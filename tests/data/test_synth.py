@@ -7,6 +7,7 @@ our decoder; one test at the end goes through avserve.media at model resolution.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import json
 from collections import Counter
@@ -163,6 +164,8 @@ def test_config_rejects_impossible_values() -> None:
         SynthConfig(frame_sizes=((95, 72),))  # H.264 4:2:0 needs even sizes
     with pytest.raises(ValueError, match="split_fractions"):
         SynthConfig(split_fractions=(0.5, 0.2, 0.2))
+    with pytest.raises(ValueError, match="caption_fraction"):
+        SynthConfig(caption_fraction=-0.1)
 
 
 # --------------------------------------------------------------------------- planning (no encoding)
@@ -200,6 +203,42 @@ def test_plan_with_uneven_counts_stays_balanced_within_one() -> None:
         assert abs(train - 0.7 * len(class_plans)) <= 1, name
 
 
+def test_plan_captions_every_kind_in_proportion_and_deterministically() -> None:
+    plans = plan_dataset(240, seed=3)
+    for kind, count in (("audio+video", 240), ("audio", 24), ("video", 24)):
+        kind_plans = [p for p in plans if p.modalities == kind]
+        captioned = [p for p in kind_plans if p.captions]
+        assert len(kind_plans) == count and len(captioned) == round(0.85 * count), kind
+        assert {len(p.captions) for p in captioned} == {synth.CAPTIONS_PER_CLIP}
+    again = plan_dataset(240, seed=3)
+    assert [p.captions for p in again] == [p.captions for p in plans]
+    other = plan_dataset(240, seed=4)
+    assert [p.captions for p in other] != [p.captions for p in plans]
+    # caption_fraction only decides which files have text: the rest of the plan is unchanged.
+    none = plan_dataset(240, seed=3, config=SynthConfig(caption_fraction=0.0))
+    every = plan_dataset(240, seed=3, config=SynthConfig(caption_fraction=1.0))
+    assert all(not p.captions for p in none) and all(p.captions for p in every)
+    strip = lambda ps: [dataclasses.replace(p, captions=()) for p in ps]  # noqa: E731
+    assert strip(none) == strip(plans) == strip(every)
+    # A captioned clip gets the same captions whatever the fraction (its own stream).
+    assert all(p.captions == q.captions for p, q in zip(plans, every) if p.captions)
+
+
+def test_captions_use_every_synonym_and_template_not_the_label() -> None:
+    """The text names the class through varied wording: every synonym and template occurs, and
+    no caption spells out the label."""
+    captions = [c for p in plan_dataset(240, seed=0) for c in p.captions]
+    text = "\n".join(captions).lower()
+    for phrases in (*synth.SOUND_WORDS.values(), *synth.SHAPE_WORDS.values()):
+        for phrase in phrases:
+            assert phrase in text, phrase
+    for template in synth.CAPTION_TEMPLATES:
+        fixed = max(template.replace("{sound}", "|").replace("{shape}", "|").split("|"), key=len).strip(" ,")
+        assert fixed in text, template
+    # "bursts" and "chirp" are ordinary words; the other factor names and the "+" are not.
+    assert not any(name in text for name in ("lowtone", "hightone", "_", "+"))
+
+
 def test_plan_keeps_odd_frame_sizes_away_from_h264() -> None:
     plans = [p for p in plan_dataset(240, seed=0) if p.has_video]
     odd = [p for p in plans if p.width % 2 or p.height % 2]
@@ -233,6 +272,31 @@ def test_manifest_and_side_files(synth) -> None:
     assert sum(description["files"]["audio+video"].values()) == 24
     readme = (synth.root / "README.md").read_text(encoding="utf-8")
     assert "33.3%" in readme and "25.0%" in readme and "--seed 7" in readme
+
+
+def test_captions_in_the_manifest_describe_the_class(synth) -> None:
+    from training.data.synth import CAPTIONS_PER_CLIP, SHAPE_WORDS, SOUND_WORDS
+    from training.data.text import TextSpec, tokenize
+
+    for kind, count in (("audio+video", 24), ("audio", 12), ("video", 12)):
+        captioned = [row for row in synth.rows_with(kind) if row["captions"]]
+        assert len(captioned) == round(synth.config.caption_fraction * count), kind
+    records = {r.path: r for r in read_manifest(synth.root / "manifest.csv")}
+    for row in synth.rows:
+        captions = records[(synth.root / row["path"]).absolute()].captions
+        if not row["captions"]:
+            assert captions == ()
+            continue
+        assert captions == tuple(row["captions"].split("|")) and len(captions) == CAPTIONS_PER_CLIP
+        assert len(set(captions)) > 1, row["path"]  # not one caption repeated
+        sounds, shapes = SOUND_WORDS[row["audio_factor"]], SHAPE_WORDS[row["video_factor"]]
+        other_sounds = [p for f, ps in SOUND_WORDS.items() if f != row["audio_factor"] for p in ps]
+        other_shapes = [p for f, ps in SHAPE_WORDS.items() if f != row["video_factor"] for p in ps]
+        for caption in captions:
+            lowered = caption.lower()
+            assert any(p in lowered for p in sounds) and any(p in lowered for p in shapes), caption
+            assert not any(p in lowered for p in other_sounds + other_shapes), caption
+            assert 1 <= len(tokenize(caption)) <= TextSpec().max_words, caption  # never clipped
 
 
 def test_manifest_round_trips_through_read_manifest(synth) -> None:
@@ -332,6 +396,11 @@ def test_same_seed_gives_identical_bytes_across_worker_counts(tmp_path: Path) ->
     media = [name for name in digests_one if "/" in name]
     differing = [name for name in media if digests_one[name] != digests_other.get(name)]
     assert len(differing) == len(media), "a different seed should change every file"
+    # Captions change only the manifest: no media byte depends on them.
+    uncaptioned = SynthConfig(clip_seconds=1.0, unimodal_fraction=0.5, caption_fraction=0.0)
+    bare = file_digests(generate_dataset(tmp_path / "bare", clips=12, seed=5, config=uncaptioned, progress=False).parent)
+    assert {name: bare[name] for name in media} == {name: digests_one[name] for name in media}
+    assert bare["manifest.csv"] != digests_one["manifest.csv"]
     # And the clip length follows the config.
     with av.open(str(one / "av" / "av_00000.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == 12

@@ -95,3 +95,32 @@ def test_dataloader_with_workers(records):
     # same items whatever the worker count
     i0 = int(batch["index"][0])
     assert torch.equal(batch["video"][0], ds[(i0, 0)]["video"])
+
+
+def test_text_fields_only_when_the_dataset_is_given_a_text_spec(records):
+    from training.data.dataset import collate
+    from training.data.text import TextSpec, encode_captions
+
+    plain = make(records, train=False)
+    assert not {"text", "text_mask", "has_text"} & set(plain[0])
+
+    spec = TextSpec(max_words=8, max_captions=3)
+    captioned = [r for r in records.split("train").records if r.captions]
+    assert captioned, "the synthetic set should have captioned clips"
+    bare = dataclasses.replace(captioned[0], captions=())
+    ds = AVClipDataset([captioned[0], bare], records.classes, records.multilabel, PRE, train=True, text=spec)
+    item = ds[(0, 0)]
+    assert item["text"].dtype == torch.int64 and item["text"].shape == (3, 8)
+    assert item["text_mask"].dtype == torch.bool and item["text_mask"].shape == (3,)
+    assert item["has_text"].dtype == torch.bool and item["has_text"].shape == () and bool(item["has_text"])
+    ids, mask = encode_captions(captioned[0].captions, spec)
+    assert torch.equal(item["text"], torch.from_numpy(ids)) and item["text_mask"].tolist() == mask.tolist() == [True] * 3
+    assert int(item["text"][0, 0]) > 0
+
+    empty = ds[(1, 0)]  # a clip without captions: zeros, nothing masked in, no text
+    assert empty["text"].shape == (3, 8) and not empty["text"].any()
+    assert not empty["text_mask"].any() and not bool(empty["has_text"])
+
+    batch = collate([item, empty])
+    assert batch["text"].shape == (2, 3, 8) and batch["text"].dtype == torch.int64
+    assert batch["text_mask"].shape == (2, 3) and batch["has_text"].tolist() == [True, False]

@@ -207,3 +207,19 @@ def test_a_recipe_with_layer_decay_and_gradient_clipping(tiny_train):
     run = json.loads((cfg.out / "run.json").read_text())
     assert run["recipe"]["layer_decay"] == 0.75 and run["recipe"]["grad_clip"] == 1.0
     assert {g["weight_decay"] for g in run["train"]["optimizer_groups"]} == {0.0}  # the recipe has none
+
+
+def test_the_trainer_gives_text_to_both_datasets_only_when_the_objective_asks(tiny_train, monkeypatch, tmp_path):
+    from training.data.text import TextSpec
+    from training.objectives import get_objective
+
+    plain = Trainer(tiny_train(out=tmp_path / "plain"))
+    assert plain.train_set.text is None and plain.eval_set.text is None
+    assert "text" not in plain.train_set[(0, 0)]
+
+    spec = TextSpec(max_words=12, max_captions=4)
+    monkeypatch.setattr(get_objective("supervised"), "text_input", spec)
+    trainer = Trainer(tiny_train(out=tmp_path / "text"))
+    assert trainer.train_set.text == spec and trainer.eval_set.text == spec
+    item = trainer.eval_set[0]
+    assert item["text"].shape == (4, 12) and item["text_mask"].shape == (4,) and "has_text" in item

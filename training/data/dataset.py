@@ -8,7 +8,15 @@ Each item is a dict:
   has_audio  bool    the clip has an audio track
   has_video  bool    the clip has a video track
   index      int64   position in the dataset
-(`audio` / `video` are only present if the model consumes that modality.)
+  text       int64   [max_captions, max_words]  the clip's captions as word ids, 0 = padding
+  text_mask  bool    [max_captions]             which rows of `text` hold a caption
+  has_text   bool    the clip has at least one caption
+(`audio` / `video` are only present if the model consumes that modality; `text`, `text_mask`
+and `has_text` only when the dataset is given a `text=TextSpec(...)`, i.e. when the objective
+reads captions (`Objective.text_input`). Captions come from the manifest's `captions` column
+and are encoded by `training.data.text.encode_captions`; a clip without captions gets zeros,
+an all-False mask and has_text False, as VATT feeds zeros to its text tower and leaves such
+clips out of MIL-NCE.)
 
 Train mode: a random `clip_seconds` window inside the clip's [start, end] span, video
 random-resized-crop + colour jitter (`training.augment`, Zorro App. B). Eval mode: the centred
@@ -31,6 +39,7 @@ import torch
 from torch.utils.data import Dataset
 
 from training.augment import VideoAugmentConfig, augment_video, eval_video
+from training.data.text import TextSpec, encode_captions
 
 MODALITIES = ("audio", "video")
 
@@ -82,6 +91,7 @@ class AVClipDataset(Dataset):
         video_augment: VideoAugmentConfig | None = VideoAugmentConfig(),
         train_decode_scale: float = 1.15,
         frame_sampling: str = "exact",
+        text: TextSpec | None = None,
     ):
         if missing not in ("zero", "skip"):
             raise ValueError(f"missing must be 'zero' or 'skip', not {missing!r}")
@@ -96,6 +106,7 @@ class AVClipDataset(Dataset):
         self.modalities = tuple(m for m in MODALITIES if m in modalities)
         self.missing = missing
         self.seed = int(seed)
+        self.text = text  # None: items carry no text
         self.video_augment = video_augment
         # frames are decoded a little larger than the model's size before the random crop
         self.train_decode_size = int(round(preprocessing.image_size * train_decode_scale))
@@ -192,6 +203,11 @@ class AVClipDataset(Dataset):
         item["target"] = self.target_of(record)
         item["has_audio"] = torch.tensor("audio" in present and "audio" in self.modalities)
         item["has_video"] = torch.tensor("video" in present and "video" in self.modalities)
+        if self.text is not None:
+            ids, mask = encode_captions(getattr(record, "captions", ()), self.text)
+            item["text"] = torch.from_numpy(ids)
+            item["text_mask"] = torch.from_numpy(mask)
+            item["has_text"] = torch.tensor(bool(mask.any()))
         return item
 
     # -------------------------------------------------------------------------------------

@@ -4,17 +4,20 @@ Two layouts are understood:
 
 1. A manifest CSV, in the spirit of the VGGSound and AudioSet lists, with a header row:
 
-       path,label,split,start,end,modalities
-       clips/dog_01.mp4,dog,train,,,
-       clips/street.mkv,car;horn,val,12.5,22.5,audio+video
+       path,label,split,start,end,modalities,captions
+       clips/dog_01.mp4,dog,train,,,,a dog barks at the door|barking in a hallway
+       clips/street.mkv,car;horn,val,12.5,22.5,audio+video,"cars pass, one honks"
 
    Required: `path` and one of `label` / `labels`. Several labels per clip are separated by
    ";" or, inside a quoted field, by "," (AudioSet style: `"/m/09x0r,/m/04rlf"`). A `labels`
    column, or any row with several labels, makes the set multi-label. Optional: `split`
    (train/val/test; "valid", "validation" and "dev" mean val), `start`/`end` in seconds
-   (blank = whole clip), `modalities` (audio+video, audio, video). Any other column is kept
-   in `ClipRecord.extra`. Relative paths are resolved against the CSV's directory and every
-   file must exist. Lines starting with "#" are comments.
+   (blank = whole clip), `modalities` (audio+video, audio, video), `captions` (or `caption`):
+   text describing the clip, several captions separated by "|" (each stripped, empty ones
+   dropped; blank = no text) into `ClipRecord.captions`, read by text-using pretraining only
+   (training/data/text.py). Any other column is kept in `ClipRecord.extra`. Relative paths are
+   resolved against the CSV's directory and every file must exist. Lines starting with "#"
+   are comments.
 
 2. Class folders: `root/<class>/<file>`, or `root/<split>/<class>/<file>` when every
    folder directly under root is a split name (train, val, test). Only media files count;
@@ -60,7 +63,8 @@ _MODALITY_ALIASES = {
     "audio": "audio",
     "video": "video",
 }
-_KNOWN_COLUMNS = frozenset({"path", "label", "labels", "split", "start", "end", "modalities"})
+_KNOWN_COLUMNS = frozenset({"path", "label", "labels", "split", "start", "end", "modalities", "caption", "captions"})
+CAPTION_SEPARATOR = "|"
 
 
 class DatasetError(ValueError):
@@ -87,6 +91,7 @@ class ClipRecord:
     start: float | None = None  # seconds; None = from the beginning
     end: float | None = None  # seconds; None = to the end
     modalities: str | None = None  # "audio+video" | "audio" | "video" | None (unknown)
+    captions: tuple[str, ...] = ()  # text describing the clip (pretraining only); () = none
     # Any other manifest columns. Not part of the hash so records stay usable as dict keys.
     extra: Mapping[str, str] = field(default_factory=dict, hash=False)
 
@@ -143,6 +148,10 @@ class RecordSet:
         windowed = sum(1 for r in self.records if r.start is not None or r.end is not None)
         if windowed:
             lines.append(f"windows: {windowed} clips have start/end times")
+        captioned = [r for r in self.records if r.captions]
+        if captioned:
+            total = sum(len(r.captions) for r in captioned)
+            lines.append(f"captions: {len(captioned)} of {len(self.records)} clips have captions ({total} captions)")
 
         per_class: dict[str, Counter[str]] = {name: Counter() for name in self.classes}
         for record in self.records:
@@ -234,6 +243,8 @@ def _parse_header(row: list[str], csv_path: Path, line: int) -> list[str]:
         )
     if "label" in header and "labels" in header:
         raise DatasetError("has both 'label' and 'labels' columns; keep one", path=csv_path, line=line)
+    if "caption" in header and "captions" in header:
+        raise DatasetError("has both 'caption' and 'captions' columns; keep one", path=csv_path, line=line)
     return header
 
 
@@ -268,8 +279,16 @@ def _parse_row(values: dict[str, str], label_column: str, base_dir: Path, csv_pa
             raise fail(f"modalities must be one of {', '.join(MODALITIES)} (or blank), got {values['modalities']!r}")
         modalities = _MODALITY_ALIASES[modalities]
 
+    captions = parse_captions(values.get("captions", values.get("caption", "")))
     extra = {name: value for name, value in values.items() if name not in _KNOWN_COLUMNS}
-    return ClipRecord(path=path, labels=labels, split=split, start=start, end=end, modalities=modalities, extra=extra)
+    return ClipRecord(
+        path=path, labels=labels, split=split, start=start, end=end, modalities=modalities, captions=captions, extra=extra
+    )
+
+
+def parse_captions(field_text: str) -> tuple[str, ...]:
+    """A captions field: "a dog barks | barking  |" -> ("a dog barks", "barking")."""
+    return tuple(part.strip() for part in field_text.split(CAPTION_SEPARATOR) if part.strip())
 
 
 def _parse_labels(field_text: str, fail: Callable[[str], DatasetError]) -> tuple[str, ...]:

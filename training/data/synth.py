@@ -41,15 +41,24 @@ audio stream at all). Unimodal files still carry the full 12-way label: the fact
 missing modality is part of the label but cannot be observed, which is exactly what the
 ceilings above measure.
 
-Determinism: everything about clip *i* of a kind (its class, format, rates, size and
-content) comes from `SeedSequence([seed, kind, i])`, and encoders run single-threaded with
+Captions (text for VATT-style pretraining; never served): `caption_fraction` of the files
+(default 85 %, of each modality set) get CAPTIONS_PER_CLIP = 5 captions, the rest none, as
+AudioSet clips have no text in VATT's pretraining. Every caption names the clip's sound and its
+shape with a synonym (SOUND_WORDS, SHAPE_WORDS: "a crimson dot drifts across the screen while a
+bass drone plays"), in one of several templates, with nuisance words ("slowly", "camera", ...)
+around it: the text carries the whole class, audio-only and video-only files included, but is
+not the label string. At most 16 words, so `training.data.text.TextSpec()` never clips one.
+
+Determinism: everything about clip *i* of a kind (its class, format, rates, size, content and
+captions) comes from `SeedSequence([seed, kind, i])`, and encoders run single-threaded with
 FFmpeg's bitexact flags, so the same seed gives byte-identical files and manifest whether
 one or many worker processes encode them.
 
 Output layout (see docs/synthetic-data.md):
 
     out_dir/manifest.csv   path,label,split,start,end,modalities,audio_factor,video_factor,
-                           container,codecs,sample_rate,channels,width,height
+                           container,codecs,sample_rate,channels,width,height,captions
+                           (captions: "|"-separated, blank for uncaptioned files)
     out_dir/classes.txt    one class per line, in index order (CLASS_NAMES)
     out_dir/dataset.json   generator config, seed, counts, ceilings
     out_dir/README.md      the same for humans
@@ -74,6 +83,8 @@ import numpy as np
 from av.codec.context import Flags
 from tqdm import tqdm
 
+from training.data.text import TextSpec
+
 
 AUDIO_FACTORS: tuple[str, ...] = ("lowtone", "hightone", "bursts", "chirp")
 VIDEO_FACTORS: tuple[str, ...] = ("red_disc", "green_square", "blue_triangle")
@@ -84,8 +95,37 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")
 
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "path", "label", "split", "start", "end", "modalities", "audio_factor", "video_factor",
-    "container", "codecs", "sample_rate", "channels", "width", "height",
+    "container", "codecs", "sample_rate", "channels", "width", "height", "captions",
 )  # fmt: skip
+
+# ---- captions: synonyms for each factor, templates and nuisance words (see the docstring)
+CAPTIONS_PER_CLIP = 5
+CAPTION_SEPARATOR = "|"  # as training.data.records reads the captions column
+SOUND_WORDS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "lowtone": ("low hum", "deep tone", "bass drone", "low pitched note"),
+    "hightone": ("high whistle", "shrill tone", "high pitched beep", "piercing note"),
+    "bursts": ("clicking", "crackling bursts", "rapid clicks", "noise bursts"),
+    "chirp": ("rising chirp", "sweeping whistle", "upward sweep", "siren like glide"),
+})  # fmt: skip
+SHAPE_WORDS: Mapping[str, tuple[str, ...]] = MappingProxyType({
+    "red_disc": ("red circle", "red disc", "crimson dot", "red ball"),
+    "green_square": ("green square", "green box", "emerald block", "green tile"),
+    "blue_triangle": ("blue triangle", "blue wedge", "navy triangle", "blue arrowhead"),
+})  # fmt: skip
+CAPTION_TEMPLATES: tuple[str, ...] = (
+    "a {shape} drifts across the screen while a {sound} plays",
+    "{sound} and a {shape}",
+    "video of a {shape} with {sound} in the background",
+    "you can hear a {sound} as the {shape} moves",
+    "{shape} moving around, {sound}",
+    "the {sound} goes on while a {shape} wobbles",
+    "a {shape} on screen and a {sound}",
+)
+NUISANCE_WORDS: tuple[str, ...] = (
+    "slowly", "grey background", "noisy", "today", "camera", "look", "again", "short clip",
+    "steady shot", "quietly", "in the middle", "wow", "test recording", "blurry", "here",
+)  # fmt: skip
+_MAX_CAPTION_WORDS = TextSpec().max_words  # 16, VATT's caption length: no caption is ever clipped
 
 
 def split_class_name(name: str) -> tuple[str, str]:
@@ -142,6 +182,8 @@ class SynthConfig:
     odd_frame_sizes: tuple[tuple[int, int], ...] = ((95, 71), (81, 63))
     unimodal_fraction: float = 0.1
     split_fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
+    # Files with captions (CAPTIONS_PER_CLIP each), per modality set; the others have none.
+    caption_fraction: float = 0.85
 
     def __post_init__(self) -> None:
         if not self.clip_seconds > 0:
@@ -160,6 +202,8 @@ class SynthConfig:
             raise ValueError(f"unimodal_fraction must be in [0, 1], got {self.unimodal_fraction}")
         if not 0.0 <= self.stereo_fraction <= 1.0:
             raise ValueError(f"stereo_fraction must be in [0, 1], got {self.stereo_fraction}")
+        if not 0.0 <= self.caption_fraction <= 1.0:
+            raise ValueError(f"caption_fraction must be in [0, 1], got {self.caption_fraction}")
         if len(self.split_fractions) != 3 or min(self.split_fractions) < 0 or not math.isclose(sum(self.split_fractions), 1.0):
             raise ValueError(f"split_fractions must be three non-negative numbers summing to 1, got {self.split_fractions}")
 
@@ -248,6 +292,7 @@ class ClipPlan:
     width: int | None  # None: no video stream
     height: int | None
     entropy: tuple[int, ...]  # seeds this clip's content; see _clip_rngs
+    captions: tuple[str, ...] = ()  # () = an uncaptioned file
 
     @property
     def has_audio(self) -> bool:
@@ -276,6 +321,7 @@ class ClipPlan:
             "channels": text(self.channels),
             "width": text(self.width),
             "height": text(self.height),
+            "captions": CAPTION_SEPARATOR.join(self.captions),
         }
 
 
@@ -287,6 +333,40 @@ def _clip_rngs(entropy: Sequence[int]) -> tuple[np.random.Generator, np.random.G
     """
     plan_seq, audio_seq, video_seq = np.random.SeedSequence(list(entropy)).spawn(3)
     return np.random.default_rng(plan_seq), np.random.default_rng(audio_seq), np.random.default_rng(video_seq)
+
+
+def _text_rng(entropy: Sequence[int]) -> np.random.Generator:
+    """A fourth independent stream, for the clip's captions.
+
+    `SeedSequence.spawn` numbers its children, so the fourth child leaves the first three (and
+    with them every file's bytes) exactly as they were before captions existed.
+    """
+    return np.random.default_rng(np.random.SeedSequence(list(entropy)).spawn(4)[3])
+
+
+def make_captions(
+    audio_factor: str, video_factor: str, rng: np.random.Generator, count: int = CAPTIONS_PER_CLIP
+) -> tuple[str, ...]:
+    """`count` captions of a clip of this class: distinct templates (while they last), a random
+    synonym of the sound and of the shape in each, and up to two nuisance phrases before or
+    after, never past _MAX_CAPTION_WORDS words."""
+    sounds, shapes = SOUND_WORDS[audio_factor], SHAPE_WORDS[video_factor]
+    order = list(rng.permutation(len(CAPTION_TEMPLATES)))
+    captions = []
+    for number in range(count):
+        template = CAPTION_TEMPLATES[order[number % len(order)]]
+        sound, shape = sounds[int(rng.integers(len(sounds)))], shapes[int(rng.integers(len(shapes)))]
+        words = template.format(sound=sound, shape=shape).split(" ")
+        for _ in range(int(rng.integers(0, 3))):
+            nuisance = NUISANCE_WORDS[int(rng.integers(len(NUISANCE_WORDS)))].split(" ")
+            at_start = bool(rng.random() < 0.5)
+            if len(words) + len(nuisance) <= _MAX_CAPTION_WORDS:
+                words = nuisance + words if at_start else words + nuisance
+        caption = " ".join(words)
+        if rng.random() < 0.3:
+            caption = caption[0].upper() + caption[1:]
+        captions.append(caption)
+    return tuple(captions)
 
 
 def unimodal_count(clips: int, config: SynthConfig) -> int:
@@ -309,6 +389,10 @@ def plan_dataset(clips: int, seed: int, config: SynthConfig | None = None) -> li
         # Its own stream (a spawn key no clip index reaches), so splits never shift clip content.
         split_rng = np.random.default_rng(np.random.SeedSequence([seed, kind_number, 2**31 - 1]))
         splits = stratified_splits(labels, config.split_fractions, split_rng)
+        # Which files have captions: exactly round(count * caption_fraction), from a stream of
+        # their own (like the splits), so the fraction never shifts clip content.
+        caption_rng = np.random.default_rng(np.random.SeedSequence([seed, kind_number, 2**31 - 2]))
+        captioned = set(caption_rng.permutation(count)[: round(count * config.caption_fraction)].tolist())
         recipes = _RECIPES_BY_KIND[modalities]
         width_digits = max(5, len(str(count)))
         for index in range(count):
@@ -327,6 +411,7 @@ def plan_dataset(clips: int, seed: int, config: SynthConfig | None = None) -> li
                 width, height = sizes[int(plan_rng.integers(len(sizes)))]
             audio_factor, video_factor = split_class_name(labels[index])
             file_name = f"{_FILE_PREFIX_BY_KIND[modalities]}_{index:0{width_digits}d}.{recipe.container}"
+            captions = make_captions(audio_factor, video_factor, _text_rng(entropy)) if index in captioned else ()
             plans.append(
                 ClipPlan(
                     modalities=modalities,
@@ -342,6 +427,7 @@ def plan_dataset(clips: int, seed: int, config: SynthConfig | None = None) -> li
                     width=width,
                     height=height,
                     entropy=entropy,
+                    captions=captions,
                 )
             )
     return plans
@@ -650,8 +736,10 @@ def generate_dataset(
 def describe_dataset(plans: Sequence[ClipPlan], *, clips: int, seed: int, config: SynthConfig) -> dict:
     """What dataset.json holds: enough to regenerate the data and to judge a model trained on it."""
     counts: dict[str, dict[str, int]] = {m: {s: 0 for s in SPLITS} for m in MODALITIES}
+    captioned: dict[str, int] = {m: 0 for m in MODALITIES}
     for plan in plans:
         counts[plan.modalities][plan.split] += 1
+        captioned[plan.modalities] += bool(plan.captions)
     containers = sorted({f"{p.recipe.container} ({p.recipe.codecs})" for p in plans})
     return {
         "generator": "training.data.synth",
@@ -664,6 +752,8 @@ def describe_dataset(plans: Sequence[ClipPlan], *, clips: int, seed: int, config
         "accuracy_ceilings_top1": dict(ACCURACY_CEILINGS),
         "chance_top1": CHANCE_ACCURACY,
         "files": counts,
+        "files_with_captions": captioned,
+        "captions_per_clip": CAPTIONS_PER_CLIP,
         "formats": containers,
         # Bytes depend on the encoder builds; content does not.
         "pyav": av.__version__,
@@ -683,7 +773,8 @@ def _readme(description: dict) -> str:
         "",
         "```",
         f"avserve data synth --out <dir> --clips {description['clips']} --seed {description['seed']} "
-        f"--clip-seconds {config['clip_seconds']} --unimodal-fraction {config['unimodal_fraction']}",
+        f"--clip-seconds {config['clip_seconds']} --unimodal-fraction {config['unimodal_fraction']} "
+        f"--caption-fraction {config['caption_fraction']}",
         "```",
         "",
         "Each class is an audio factor x a video factor "
@@ -706,6 +797,11 @@ def _readme(description: dict) -> str:
         *(f"| {m} | " + " | ".join(str(description["files"][m][s]) for s in SPLITS) + " |" for m in MODALITIES),
         "",
         f"Formats: {', '.join(description['formats'])}.",
+        "",
+        f"Captions (text for pretraining, the `captions` column, {description['captions_per_clip']} per file "
+        "separated by \"|\"): "
+        + ", ".join(f"{m} {description['files_with_captions'][m]}" for m in MODALITIES)
+        + " files have them; the others have none.",
         "",
         "Files: `manifest.csv` (one row per file), `classes.txt` (class index order), `dataset.json`.",
         "See docs/synthetic-data.md in the avserve repository for the design.",

@@ -10,6 +10,8 @@ no objective by name. An objective says:
     supports_modality_dropout  whether `--modality-dropout` means anything to it
     uses_every_parameter     False when some model parameters get no gradient (e.g. the
                              classifier under a pretraining loss): DDP must look for them
+    text_input               a TextSpec if the objective reads captions (the dataset then adds
+                             text, text_mask, has_text to each item; training/data/dataset.py)
     default_recipe(finetune) the optimiser recipe (training/optim.py) it trains with by default
     configure_model(model)   one-off changes to the model (e.g. switch off input augmentation)
     its child modules        what it wraps around the model (projectors, decoders, a text
@@ -37,6 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from training.data.text import TextSpec
 from training.errors import TrainError
 from training.models import AUDIO, VIDEO, AVClassifier
 from training.optim import Recipe
@@ -86,6 +89,7 @@ class Objective(nn.Module, abc.ABC):
     default_missing: ClassVar[str] = "zero"
     supports_modality_dropout: ClassVar[bool] = False
     uses_every_parameter: ClassVar[bool] = True
+    text_input: ClassVar[TextSpec | None] = None
 
     def __init__(self, setup: ObjectiveSetup):
         super().__init__()
