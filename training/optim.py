@@ -104,6 +104,14 @@ RECIPES: dict[str, Recipe] = {
             "is the model's drop_path: mbt_vit_b16's default)",
         ),
         Recipe(
+            "linear_probe",
+            "adam",
+            5e-4,
+            0.0,
+            source="VATT App. A.3 linear evaluation: Adam, LR 5e-4, batch 64, frozen backbone (the paper's low-rank "
+            "classifier with 10% of components per step is not reproduced: a plain linear head)",
+        ),
+        Recipe(
             "masked",
             "adam",
             3e-4,
