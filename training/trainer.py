@@ -16,8 +16,8 @@ fine-tuning one.
 Linear probing (`linear_probe=True`, VATT App. A.3 "linear evaluation"): after --init-from,
 `model.freeze_backbone()` (training/models/base.py) leaves only the classifier heads
 (`head_prefixes`) trainable and keeps the backbone in eval mode under `train()`, so the
-optimiser holds the heads (and an objective's own modules) only. Supervised objectives only
-(a label-free objective has nothing for a head to learn). Default recipe `linear_probe`
+optimiser holds the heads (and an objective's own modules) only. Objectives that need labels
+only (a label-free objective has nothing for a head to learn). Default recipe `linear_probe`
 (Adam 5e-4, no weight decay); `--recipe` overrides it. run.json's train.linear_probe records
 it, and a resumed run must be given the same flag (the backbone is frozen again before the
 optimiser is built, so its saved state fits).
@@ -133,7 +133,7 @@ class Trainer:
         if cfg.linear_probe and not self.objective_type.needs_labels:
             raise TrainError(
                 f"--linear-probe trains the classifier heads on labels; the {cfg.objective} objective uses none "
-                "(probe with --objective supervised, --init-from the pretrained run)"
+                "(probe with an objective that trains on labels, --init-from the pretrained run)"
             )
         self.objective_options = self.objective_type.parse_options(cfg.objective_options)
         if cfg.missing not in (None, "zero", "skip"):
