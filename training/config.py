@@ -34,6 +34,10 @@ class TrainConfig:
     modality_mixup: bool | None = field(default=None, metadata={"help": "One mixup lambda per modality (MBT) or one for both (default: the recipe's)."})
     grad_clip: float | None = field(default=None, metadata={"help": "Clip the gradient norm to this value (default: the recipe's)."})
     init_from: str | Path | None = field(default=None, metadata={"help": "Fine-tune from a run directory (its best.pt) or a .pt file."})
+    linear_probe: bool = field(
+        default=False,
+        metadata={"help": "Train only the classifier heads on a frozen backbone (VATT's linear evaluation); usually with --init-from a pretrained run."},
+    )
     resume: bool = field(default=False, metadata={"help": "Continue the run in --out from its last.pt (none yet, e.g. killed before its first checkpoint: start at step 0)."})
     train_split: str = field(default="train", metadata={"help": "Split to train on."})
     eval_split: str | None = field(default="val", metadata={"help": "Split to evaluate on (none: no evaluation; falls back to 'test')."})

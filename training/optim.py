@@ -129,6 +129,14 @@ RECIPES: dict[str, Recipe] = {
             "half-period cosine to 0, label smoothing 0.1, batch 64, no DropToken",
         ),
         Recipe(
+            "linear_probe",
+            "adam",
+            5e-4,
+            0.0,
+            source="VATT App. A.3 linear evaluation: Adam, LR 5e-4, batch 64, frozen backbone (the paper's low-rank "
+            "classifier with 10% of components per step is not reproduced: a plain linear head)",
+        ),
+        Recipe(
             "masked",
             "adam",
             3e-4,

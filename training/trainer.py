@@ -13,6 +13,15 @@ missing / unexpected / shape-mismatched keys (e.g. the classifier of a different
 an objective's extra modules are never loaded. The default recipe is then the objective's
 fine-tuning one.
 
+Linear probing (`linear_probe=True`, VATT App. A.3 "linear evaluation"): after --init-from,
+`model.freeze_backbone()` (training/models/base.py) leaves only the classifier heads
+(`head_prefixes`) trainable and keeps the backbone in eval mode under `train()`, so the
+optimiser holds the heads (and an objective's own modules) only. Objectives that need labels
+only (a label-free objective has nothing for a head to learn). Default recipe `linear_probe`
+(Adam 5e-4, no weight decay); `--recipe` overrides it. run.json's train.linear_probe records
+it, and a resumed run must be given the same flag (the backbone is frozen again before the
+optimiser is built, so its saved state fits).
+
 Missing modalities: `missing` ("zero" or "skip"; default: the objective's). With "zero" a clip
 without audio (video) gets zeros + a flag, the model gets the flags as `present`
 (training/models/base.py, "Mixed batches"), and an objective's loss only counts what exists
@@ -121,6 +130,11 @@ class Trainer:
         self.objective_type = get_objective(cfg.objective)
         if cfg.modality_dropout and not self.objective_type.supports_modality_dropout:
             raise TrainError(f"--modality-dropout does not apply to the {cfg.objective} objective")
+        if cfg.linear_probe and not self.objective_type.needs_labels:
+            raise TrainError(
+                f"--linear-probe trains the classifier heads on labels; the {cfg.objective} objective uses none "
+                "(probe with an objective that trains on labels, --init-from the pretrained run)"
+            )
         self.objective_options = self.objective_type.parse_options(cfg.objective_options)
         if cfg.missing not in (None, "zero", "skip"):
             raise TrainError(f"--missing must be zero or skip, not {cfg.missing!r}")
@@ -161,6 +175,12 @@ class Trainer:
                 if info.model != cfg.model:
                     raise TrainError(f"--resume: {self.out} trains {info.model!r}, not {cfg.model!r}")
                 overrides = {**info.overrides, **overrides}
+                probe = bool(info.train.get("linear_probe", False))
+                if self.resuming and probe != bool(cfg.linear_probe):
+                    raise TrainError(
+                        f"--resume: {self.out} was started {'with' if probe else 'without'} --linear-probe; "
+                        f"resume it {'with' if probe else 'without'} it"
+                    )
         else:
             for name in (ckpt.LAST, ckpt.BEST):
                 if (self.out / name).is_file():
@@ -183,7 +203,12 @@ class Trainer:
         self.classes = list(self.records.classes)
         self.multilabel = bool(self.records.multilabel)
 
-        recipe_name = cfg.recipe or self.objective_type.default_recipe(finetune=bool(cfg.init_from))
+        if cfg.recipe:
+            recipe_name = cfg.recipe
+        elif cfg.linear_probe:
+            recipe_name = "linear_probe"
+        else:
+            recipe_name = self.objective_type.default_recipe(finetune=bool(cfg.init_from))
         try:
             self.recipe = resolve_recipe(
                 recipe_name,
@@ -221,6 +246,14 @@ class Trainer:
             except ckpt.CheckpointError as error:
                 raise TrainError(f"--init-from: {error}") from None
             self._log(self.init_report.summary())
+        if cfg.linear_probe:
+            # also on resume: frozen before the optimiser is built, so its groups match last.pt's
+            try:
+                self.model.freeze_backbone()
+            except ValueError as error:
+                raise TrainError(f"--linear-probe: {error}") from None
+            if not cfg.init_from and not self.resuming:
+                self._log("note: --linear-probe without --init-from: the heads are trained on a randomly initialised backbone")
 
         torch.manual_seed(cfg.seed + 1)
         setup = ObjectiveSetup(
@@ -358,6 +391,8 @@ class Trainer:
                 "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
                 "device": str(self.device),
                 "seed": cfg.seed,
+                "linear_probe": bool(cfg.linear_probe),
+                "trainable_parameters": sum(p.numel() for p in self.net.parameters() if p.requires_grad),
                 "optimizer_groups": [
                     {"name": g["name"], "parameters": len(g["params"]), "peak_lr": g["initial_lr"], "weight_decay": g["weight_decay"]}
                     for g in self.optimizer.param_groups

@@ -104,3 +104,9 @@ def test_avmae_finetune_recipe_is_table16():
     assert (r.optimizer, r.lr, r.momentum, r.layer_decay, r.grad_clip, r.mixup_alpha, r.label_smoothing, r.warmup_epochs) == (
         "sgd", 0.8, 0.9, 0.75, 1.0, 0.5, 0.3, 2.5,
     )  # fmt: skip
+
+
+def test_linear_probe_recipe_is_vatt_linear_evaluation():
+    r = RECIPES["linear_probe"]
+    assert (r.optimizer, r.lr, r.weight_decay, r.mixup_alpha, r.label_smoothing) == ("adam", 5e-4, 0.0, 0.0, 0.0)
+    assert "VATT App. A.3" in r.source

@@ -57,6 +57,25 @@ Optional parts, implemented by an architecture when something needs them:
   Training augmentation inside the model (SpecAugment, frequency jitter; any
   `layers.InputAugmentation`) can be switched off with `set_input_augmentation(False)`, so a
   reconstruction objective's targets and inputs are the clean signal.
+
+  Linear probing (`avserve train --linear-probe`, VATT App. A.3 "linear evaluation"):
+    model.head_prefixes       # ClassVar: state-dict name prefixes of the classifier head's
+                              # parameters, i.e. what `classify` uses; everything else is "the
+                              # backbone". Zorro: ("classifiers.",), MBT: ("classifier.",).
+                              # Required for linear probing (empty: freeze_backbone refuses).
+    model.freeze_backbone()   # requires_grad=False on every parameter outside head_prefixes
+                              # (True on the head's); from then on the backbone stays in eval
+                              # mode under model.train(): every submodule that holds no head
+                              # parameter is put back in eval mode, so the backbone's dropout,
+                              # stochastic depth, SpecAugment / frequency jitter and batch-norm
+                              # statistics are off / frozen, as a probe on frozen features needs;
+                              # the head's modules (and the modules containing them) follow the
+                              # mode asked for.
+    model.backbone_frozen     # whether freeze_backbone() was called
+  The head is the linear map(s) on `forward_features`' output, so what a probe trains on is
+  exactly the contract's features: for Zorro the decoder queries and the cross-attention decoder
+  belong to the frozen backbone (they produce the features), only the per-head nn.Linear
+  classifiers are trained (the paper-faithful "linear" classifier).
 """
 
 from __future__ import annotations
@@ -163,6 +182,10 @@ class AVClassifier(nn.Module, abc.ABC):
     # `embedding_prefixes` are layer id 0; everything else sits after the encoder.
     encoder_block_pattern: ClassVar[str | None] = None
     embedding_prefixes: ClassVar[tuple[str, ...]] = ()
+    # Linear probing: state-dict name prefixes of the classifier head's parameters (what
+    # `classify` uses, what `freeze_backbone` leaves trainable); () = not declared.
+    head_prefixes: ClassVar[tuple[str, ...]] = ()
+    _backbone_frozen: bool = False  # set per instance by freeze_backbone()
 
     @property
     @abc.abstractmethod
@@ -243,6 +266,59 @@ class AVClassifier(nn.Module, abc.ABC):
     def position_embeddings(self) -> dict[str, PositionGrid]:
         """{state-dict name of a learned position embedding: its grid}; empty if none can be resized."""
         return {}
+
+    # ---- optional: linear probing (frozen backbone) -----------------------------------------
+
+    def is_head_parameter(self, name: str) -> bool:
+        """Whether the state-dict name `name` belongs to the classifier head (`head_prefixes`)."""
+        return bool(self.head_prefixes) and name.startswith(tuple(self.head_prefixes))
+
+    def freeze_backbone(self) -> None:
+        """Freeze every parameter outside `head_prefixes` (requires_grad=False; the head's are
+        set trainable) and keep the backbone in eval mode from now on (see `train`)."""
+        name = type(self).__name__
+        if not self.head_prefixes:
+            raise ValueError(
+                f"{name} declares no head_prefixes (training/models/base.py): cannot tell its classifier head "
+                "from its backbone, so it cannot be linear-probed"
+            )
+        names = [n for n, _ in self.named_parameters()]
+        head = [n for n in names if self.is_head_parameter(n)]
+        if not head:
+            raise ValueError(f"{name}.head_prefixes {tuple(self.head_prefixes)} match no parameter of the model")
+        if len(head) == len(names):
+            raise ValueError(f"{name}.head_prefixes {tuple(self.head_prefixes)} match every parameter: no backbone to freeze")
+        for n, parameter in self.named_parameters():
+            parameter.requires_grad_(self.is_head_parameter(n))
+        self._backbone_frozen = True
+        self.train(self.training)  # re-apply the current mode: the backbone goes to eval now
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return self._backbone_frozen
+
+    def train(self, mode: bool = True):
+        """nn.Module.train; with a frozen backbone, every submodule that holds no head parameter
+        is put back in eval mode (its dropout, stochastic depth, input augmentation and
+        batch-norm statistics stay off), while the head's modules follow `mode`."""
+        super().train(mode)
+        if mode and self._backbone_frozen:
+            owners = {""}  # modules holding a head parameter: each head parameter's ancestors
+            for n, _ in self.named_parameters():
+                if self.is_head_parameter(n):
+                    parts = n.split(".")[:-1]
+                    owners.update(".".join(parts[: i + 1]) for i in range(len(parts)))
+            self._backbone_eval(self, "", owners)
+        return self
+
+    @staticmethod
+    def _backbone_eval(module: nn.Module, prefix: str, owners: set[str]) -> None:
+        for child_name, child in module.named_children():
+            full = f"{prefix}{child_name}"
+            if full in owners:
+                AVClassifier._backbone_eval(child, f"{full}.", owners)
+            else:
+                child.eval()
 
     # ---- helpers shared by the architectures ------------------------------------------------
 

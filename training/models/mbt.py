@@ -146,6 +146,7 @@ class MBT(PatchTokens, AVClassifier):
     head_names = (CLS_HEAD,)
     encoder_block_pattern = r"^encoders\.\w+\.(\d+)\."
     embedding_prefixes = ("patch_embed.", "cls_token.", "pos_embed.", "bottleneck")
+    head_prefixes = ("classifier.",)  # the one linear classifier shared by both CLS tokens (Sec. 3.4)
 
     def __init__(self, config: MBTConfig):
         super().__init__()

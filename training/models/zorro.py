@@ -177,6 +177,9 @@ class ZorroViT(PatchTokens, AVClassifier):
     unimodal_graphs = "head"
     encoder_block_pattern = r"^layers\.(\d+)\."
     embedding_prefixes = ("audio_patch_embed.", "audio_pos_embed.", "video_patch_embed.", "video_pos_embed.", "fusion_tokens")
+    # Linear probing trains the per-head linear classifiers only: the decoder queries and the
+    # cross-attention decoder compute forward_features, so they are part of the frozen backbone.
+    head_prefixes = ("classifiers.",)
 
     def __init__(self, config: ZorroConfig):
         super().__init__()
