@@ -70,6 +70,10 @@ def data_synth(
     caption_fraction: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Files with captions (text for pretraining, 5 each); the rest have none.")
     ] = 0.85,
+    scene_coupling: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Video files whose background tint shows their sound (a cross-modal "
+                                                   "cue for contrastive pretraining; the unimodal ceilings then do not hold).")
+    ] = 0.0,
     workers: Annotated[int, typer.Option(min=1, help="Encoding processes.")] = 1,
     preset: Annotated[
         SynthPreset, typer.Option(help="dataset: the labelled training set. uploads: clips the size of real uploads for "
@@ -90,7 +94,10 @@ def data_synth(
         fail("--upload needs --preset uploads")
     from training.data.synth import SynthConfig, generate_dataset
 
-    config = SynthConfig(clip_seconds=clip_seconds, unimodal_fraction=unimodal_fraction, caption_fraction=caption_fraction)
+    config = SynthConfig(
+        clip_seconds=clip_seconds, unimodal_fraction=unimodal_fraction, caption_fraction=caption_fraction,
+        scene_coupling=scene_coupling,
+    )  # fmt: skip
     manifest = generate_dataset(out, clips=clips, seed=seed, config=config, workers=workers)
     typer.echo(f"wrote {manifest}")
 

@@ -30,6 +30,7 @@ from training.data.synth import (
     accuracy_ceiling,
     generate_dataset,
     plan_dataset,
+    render_video,
 )
 
 # --------------------------------------------------------------------------- decoding helpers
@@ -222,6 +223,34 @@ def test_plan_captions_every_kind_in_proportion_and_deterministically() -> None:
     assert strip(none) == strip(plans) == strip(every)
     # A captioned clip gets the same captions whatever the fraction (its own stream).
     assert all(p.captions == q.captions for p, q in zip(plans, every) if p.captions)
+
+
+def test_scene_coupling_tints_exactly_its_share_of_video_files_by_their_sound() -> None:
+    plans = plan_dataset(240, seed=3, config=SynthConfig(scene_coupling=0.5))
+    for kind, count in (("audio+video", 240), ("audio", 24), ("video", 24)):
+        in_scene = [p for p in plans if p.modalities == kind and p.scene_tint is not None]
+        assert len(in_scene) == (0 if kind == "audio" else round(0.5 * count)), kind  # audio-only files have no scene
+        assert all(p.scene_tint == synth.SCENE_TINTS[p.audio_factor] for p in in_scene)
+    # Off by default, and only the tint changes: the rest of the plan is the same.
+    default = plan_dataset(240, seed=3)
+    assert all(p.scene_tint is None for p in default)
+    assert [dataclasses.replace(p, scene_tint=None) for p in plans] == default
+
+
+def test_a_scene_tint_moves_only_the_background() -> None:
+    """The same clip rendered with and without its scene: the background's colour shifts by the
+    tint (less the random tint it replaces), the shape's pixels do not move."""
+    rng = lambda: np.random.default_rng(5)  # noqa: E731
+    plain = render_video("green_square", 1.0, 4, 96, 72, rng()).astype(np.float64)
+    tint = synth.SCENE_TINTS["bursts"]
+    scene = render_video("green_square", 1.0, 4, 96, 72, rng(), scene_tint=tint).astype(np.float64)
+    changed = np.abs(scene - plain).max(axis=-1) > 0
+    assert 0.6 < changed.mean() < 0.99  # the background, not the shape
+    shift = (scene - plain)[changed].mean(axis=0)
+    random_tint = np.random.default_rng(5)
+    random_tint.uniform(55, 170)
+    expected = np.asarray(tint) - random_tint.uniform(-15, 15, size=3)
+    np.testing.assert_allclose(shift, expected, atol=4.0)  # clipping at 0/255 aside
 
 
 def test_captions_use_every_synonym_and_template_not_the_label() -> None:

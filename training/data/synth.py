@@ -184,6 +184,12 @@ class SynthConfig:
     split_fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
     # Files with captions (CAPTIONS_PER_CLIP each), per modality set; the others have none.
     caption_fraction: float = 0.85
+    # Files with video whose background (the "scene") is tinted by the clip's *sound*
+    # (SCENE_TINTS), per modality set: the context cue real footage has (a beach looks like the
+    # waves sound), which audio-visual contrastive objectives learn from. 0 keeps the two
+    # modalities independent given the label (the accuracy ceilings above hold); above 0 a
+    # video-only model can read the sound from the scene on those files, so they do not.
+    scene_coupling: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.clip_seconds > 0:
@@ -204,6 +210,8 @@ class SynthConfig:
             raise ValueError(f"stereo_fraction must be in [0, 1], got {self.stereo_fraction}")
         if not 0.0 <= self.caption_fraction <= 1.0:
             raise ValueError(f"caption_fraction must be in [0, 1], got {self.caption_fraction}")
+        if not 0.0 <= self.scene_coupling <= 1.0:
+            raise ValueError(f"scene_coupling must be in [0, 1], got {self.scene_coupling}")
         if len(self.split_fractions) != 3 or min(self.split_fractions) < 0 or not math.isclose(sum(self.split_fractions), 1.0):
             raise ValueError(f"split_fractions must be three non-negative numbers summing to 1, got {self.split_fractions}")
 
@@ -293,6 +301,7 @@ class ClipPlan:
     height: int | None
     entropy: tuple[int, ...]  # seeds this clip's content; see _clip_rngs
     captions: tuple[str, ...] = ()  # () = an uncaptioned file
+    scene_tint: tuple[float, float, float] | None = None  # the sound's scene tint (scene_coupling), or None
 
     @property
     def has_audio(self) -> bool:
@@ -393,6 +402,9 @@ def plan_dataset(clips: int, seed: int, config: SynthConfig | None = None) -> li
         # their own (like the splits), so the fraction never shifts clip content.
         caption_rng = np.random.default_rng(np.random.SeedSequence([seed, kind_number, 2**31 - 2]))
         captioned = set(caption_rng.permutation(count)[: round(count * config.caption_fraction)].tolist())
+        # Which video files show their sound's scene: likewise exactly round(count * scene_coupling).
+        scene_rng = np.random.default_rng(np.random.SeedSequence([seed, kind_number, 2**31 - 3]))
+        in_scene = set(scene_rng.permutation(count)[: round(count * config.scene_coupling)].tolist())
         recipes = _RECIPES_BY_KIND[modalities]
         width_digits = max(5, len(str(count)))
         for index in range(count):
@@ -428,6 +440,7 @@ def plan_dataset(clips: int, seed: int, config: SynthConfig | None = None) -> li
                     height=height,
                     entropy=entropy,
                     captions=captions,
+                    scene_tint=SCENE_TINTS[audio_factor] if index in in_scene and recipe.video_codec else None,
                 )
             )
     return plans
@@ -530,6 +543,11 @@ def render_audio(factor: str, seconds: float, sample_rate: int, channels: int, r
 
 # Saturated, well-separated hues against a near-grey background.
 _SHAPE_COLOURS = {"red_disc": (215, 35, 35), "green_square": (40, 190, 60), "blue_triangle": (45, 75, 225)}
+# Background tints (RGB offsets on the grey) of each sound's scene (SynthConfig.scene_coupling):
+# about twice the random tint's +-15, well away from the saturated shape colours.
+SCENE_TINTS: Mapping[str, tuple[float, float, float]] = MappingProxyType(
+    {"lowtone": (32.0, 8.0, -30.0), "hightone": (-28.0, 4.0, 34.0), "bursts": (-22.0, 30.0, -18.0), "chirp": (30.0, -26.0, 28.0)}
+)
 
 
 def _shape_signed_distance(factor: str, x: np.ndarray, y: np.ndarray, radius: float, angle: float) -> np.ndarray:
@@ -550,14 +568,20 @@ def _shape_signed_distance(factor: str, x: np.ndarray, y: np.ndarray, radius: fl
     raise ValueError(f"unknown video factor {factor!r}; expected one of {VIDEO_FACTORS}")
 
 
-def render_video(factor: str, seconds: float, fps: int, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
-    """One clip of `factor`, shape (frames, height, width, 3), uint8 RGB."""
+def render_video(
+    factor: str, seconds: float, fps: int, width: int, height: int, rng: np.random.Generator,
+    scene_tint: Sequence[float] | None = None,
+) -> np.ndarray:
+    """One clip of `factor`, shape (frames, height, width, 3), uint8 RGB; `scene_tint` replaces
+    the background's random tint (drawn all the same, so the rest of the clip does not change)."""
     n_frames = max(1, round(seconds * fps))
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
 
     # Background: grey with a faint tint, a linear gradient and static texture.
     grey = rng.uniform(55, 170)
     tint = rng.uniform(-15, 15, size=3)
+    if scene_tint is not None:
+        tint = np.asarray(scene_tint, dtype=np.float64)
     gradient_angle = rng.uniform(0, 2 * np.pi)
     ramp = (np.cos(gradient_angle) * (xs / width - 0.5) + np.sin(gradient_angle) * (ys / height - 0.5)) * rng.uniform(0, 50)
     texture = rng.normal(0.0, rng.uniform(4, 14), size=(height, width, 3))
@@ -668,7 +692,7 @@ def render_and_write(plan: ClipPlan, out_dir: Path, config: SynthConfig) -> None
         else None
     )
     video = (
-        render_video(plan.video_factor, config.clip_seconds, config.fps, plan.width, plan.height, video_rng)
+        render_video(plan.video_factor, config.clip_seconds, config.fps, plan.width, plan.height, video_rng, plan.scene_tint)
         if plan.has_video
         else None
     )
@@ -737,9 +761,11 @@ def describe_dataset(plans: Sequence[ClipPlan], *, clips: int, seed: int, config
     """What dataset.json holds: enough to regenerate the data and to judge a model trained on it."""
     counts: dict[str, dict[str, int]] = {m: {s: 0 for s in SPLITS} for m in MODALITIES}
     captioned: dict[str, int] = {m: 0 for m in MODALITIES}
+    in_scene: dict[str, int] = {m: 0 for m in MODALITIES}
     for plan in plans:
         counts[plan.modalities][plan.split] += 1
         captioned[plan.modalities] += bool(plan.captions)
+        in_scene[plan.modalities] += plan.scene_tint is not None
     containers = sorted({f"{p.recipe.container} ({p.recipe.codecs})" for p in plans})
     return {
         "generator": "training.data.synth",
@@ -754,6 +780,8 @@ def describe_dataset(plans: Sequence[ClipPlan], *, clips: int, seed: int, config
         "files": counts,
         "files_with_captions": captioned,
         "captions_per_clip": CAPTIONS_PER_CLIP,
+        # Files whose scene tint shows their sound (scene_coupling): where the ceilings do not hold.
+        "files_with_scene": in_scene,
         "formats": containers,
         # Bytes depend on the encoder builds; content does not.
         "pyav": av.__version__,
@@ -774,7 +802,7 @@ def _readme(description: dict) -> str:
         "```",
         f"avserve data synth --out <dir> --clips {description['clips']} --seed {description['seed']} "
         f"--clip-seconds {config['clip_seconds']} --unimodal-fraction {config['unimodal_fraction']} "
-        f"--caption-fraction {config['caption_fraction']}",
+        f"--caption-fraction {config['caption_fraction']} --scene-coupling {config['scene_coupling']}",
         "```",
         "",
         "Each class is an audio factor x a video factor "
