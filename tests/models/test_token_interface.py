@@ -10,7 +10,7 @@ import torch
 from training.models import AUDIO, VIDEO, create_model
 from training.models.layers import PatchEmbed2d, patchify
 
-TOKEN_MODELS = ["zorro_tiny", "mbt_tiny", "mbt_tiny_cross"]
+TOKEN_MODELS = ["zorro_tiny", "mbt_tiny", "mbt_tiny_cross", "vatt_tiny", "vatt_ma_tiny"]
 
 
 def test_patchify_is_what_patch_embedding_projects():
