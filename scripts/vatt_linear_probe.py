@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from compare_routes import score_route  # the script next to this one
 
+from training.evaluate import evaluate_objective
 from training.trainer import TrainConfig, Trainer
 
 RETRIEVAL_KEYS = ("t2v_R@1", "t2v_R@1_chance", "t2v_R@5", "t2v_R@5_chance", "t2v_class_R@1", "t2v_class_R@1_chance", "nce", "mil_nce")
@@ -37,11 +38,8 @@ def logged_losses(run: Path) -> tuple[dict, dict]:
     return train[0], train[-1]
 
 
-def retrieval(config: TrainConfig) -> dict:
-    """The objective's evaluation on config.eval_split, without training (resume=True: the run's
-    last.pt with its text tower and projections; otherwise a freshly initialised model)."""
-    result = Trainer(config).evaluate() or {}
-    return {k: result[k] for k in RETRIEVAL_KEYS if k in result}
+def retrieval(result: dict | None) -> dict:
+    return {k: result[k] for k in RETRIEVAL_KEYS if k in (result or {})}
 
 
 def main() -> None:
@@ -76,9 +74,12 @@ def main() -> None:
             "last": {k: last[k] for k in ("step", "loss/nce", "loss/mil_nce") if k in last},
         },
         "retrieval": {
-            "pretrained": retrieval(TrainConfig(**{**pretraining.__dict__, "resume": True, "eval_split": "test", "progress": False})),
+            "pretrained": retrieval(evaluate_objective(pretrained, args.data, split="test")),
+            # the same architecture, text tower and projections freshly initialised (never trained)
             "random init": retrieval(
-                TrainConfig(**common, out=args.out / "random_init", objective="vatt_nce", steps=1, eval_split="test", progress=False)
+                Trainer(
+                    TrainConfig(**common, out=args.out / "random_init", objective="vatt_nce", steps=1, eval_split="test", progress=False)
+                ).evaluate()
             ),
         },
         "probes": {},

@@ -238,12 +238,21 @@ def evaluate(
     ] = "exact",
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
 ) -> None:
-    """Score a trained run on a split: each head, the served (averaged) prediction, each kind of clip."""
-    from training.checkpoint import CheckpointError
+    """Score a trained run on a split: each head, the served (averaged) prediction, each kind of
+    clip; a pretraining run (an objective without labels) by its own objective's evaluation."""
+    from training.checkpoint import CheckpointError, read_run_info
     from training.data.records import DatasetError
-    from training.evaluate import evaluate_run
+    from training.evaluate import evaluate_objective, evaluate_run
+    from training.objectives import get_objective
 
     try:
+        objective = read_run_info(checkpoint).objective
+        if not get_objective(objective).needs_labels:
+            if route is not None or frame_sampling != "exact":
+                fail(f"--route and --frame-sampling score classifiers; {checkpoint} is a {objective} pretraining run")
+            result = evaluate_objective(checkpoint, data, split=split, batch_size=batch_size, workers=workers)
+            typer.echo(json.dumps(result, indent=2) if as_json else f"{checkpoint} on {split} ({result['num_clips']} clips, step {result['step']}, {objective}): {result['summary']}")
+            return
         result = evaluate_run(
             checkpoint, data, split=split, batch_size=batch_size, workers=workers, route=route,
             frame_sampling=frame_sampling,

@@ -231,3 +231,57 @@ def evaluate_run(
     }
     result.update(score_outputs(model, outputs.logits, outputs.target, outputs.has_audio, outputs.has_video, info.multilabel))
     return result
+
+
+def evaluate_objective(
+    run_dir: str | Path, data: str | Path, split: str = "test", batch_size: int = 32, workers: int = 0, checkpoint: str = "best"
+) -> dict[str, Any]:
+    """Score a run with its own objective's evaluation on one split: what a pretraining run
+    (contrastive, masked, vatt_nce) is judged by (its losses, retrieval, reconstruction), with
+    the objective's modules (projectors, text tower, decoder) restored from the checkpoint. The
+    same code the trainer's periodic evaluation runs (Objective.eval_batch / score)."""
+    from training import checkpoint as ckpt
+    from training.data.dataset import AVClipDataset, EpochSampler, Preprocessing, collate
+    from training.data.records import DatasetError, load_records
+    from training.objectives import ObjectiveSetup, StepContext, TrainingModule, concatenate, get_objective
+    from training.optim import RECIPES, resolve_recipe
+
+    model, info = ckpt.load_run(run_dir, checkpoint)
+    objective_type = get_objective(info.objective)
+    recipe = resolve_recipe(info.recipe.get("name") if info.recipe.get("name") in RECIPES else objective_type.default_recipe(False))
+    setup = ObjectiveSetup(
+        model=model, classes=list(info.classes), multilabel=info.multilabel, recipe=recipe,
+        options=objective_type.parse_options(info.objective_options),
+    )  # fmt: skip
+    objective = objective_type(setup)
+    states = ckpt.module_states(ckpt.load_checkpoint(info.checkpoint))
+    for slot, module in objective.named_children():
+        if slot not in states:
+            raise ckpt.CheckpointError(f"{info.checkpoint} holds no {slot!r} module for the {info.objective} objective")
+        module.load_state_dict(states[slot])
+    objective.configure_model(model)
+    records = load_records(data)
+    if list(records.classes) != list(info.classes):
+        raise DatasetError(f"{data}: its classes differ from the {len(info.classes)} classes {run_dir} was trained on")
+    selected = records.split(split)
+    modalities = sorted(max((frozenset(m) for m in model.servable_modalities), key=len))
+    dataset = AVClipDataset(
+        selected.records, info.classes, info.multilabel, Preprocessing.from_config(model.config), train=False,
+        modalities=modalities, missing=info.train.get("missing_modality") or objective_type.default_missing,
+        text=objective_type.text_input,
+    )  # fmt: skip
+    if len(dataset) == 0:
+        raise DatasetError(f"split {split!r} of {data} has no clip with the modalities {modalities}")
+    sampler = EpochSampler(len(dataset), shuffle=False, seed=0)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate)
+    net = TrainingModule(model, objective).eval()
+    context = StepContext(model, torch.device("cpu"), np.random.default_rng(0))
+    with torch.no_grad():
+        outputs = concatenate([objective.eval_batch(net, batch, context) for batch in loader])
+    result = {
+        "run": str(run_dir), "checkpoint": info.checkpoint, "step": info.step, "split": split,
+        "objective": info.objective, "num_clips": len(dataset),
+    }  # fmt: skip
+    result.update(objective.score(outputs, context))
+    result["summary"] = objective.describe(result)
+    return result

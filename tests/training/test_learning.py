@@ -106,3 +106,11 @@ def test_tiny_vatt_pretraining_lowers_both_losses(scene_set, tmp_path):
     assert last["loss/mil_nce"] < 0.92 * first["loss/mil_nce"], (first, last)
     evaluation = [r for r in rows if r["kind"] == "eval"][-1]
     assert {"t2v_R@1", "t2v_R@5", "t2v_class_R@1", "nce", "mil_nce"} <= set(evaluation)
+
+    # `avserve evaluate` on a pretraining run scores it with its objective, from the checkpoint
+    # alone (text tower and projections restored): the trainer's own numbers for that split.
+    from training.evaluate import evaluate_objective
+
+    again = evaluate_objective(run_dir, scene_set, split=evaluation["split"])
+    for key in ("nce", "mil_nce", "t2v_R@1", "t2v_R@5", "t2v_class_R@1"):
+        assert again[key] == pytest.approx(evaluation[key], rel=1e-5, abs=1e-6), key
