@@ -265,6 +265,7 @@ class VATTContrastive(Objective):
             similarity = embeddings["video_va"][both] @ embeddings["audio_va"][both].T
             if len(similarity):
                 result["retrieval_v2a_top1"] = float((similarity.argmax(1) == torch.arange(len(similarity))).float().mean())
+                result["retrieval_v2a_chance"] = 1.0 / len(similarity)
         result["score"] = -sum(float(v) for v in losses.values()) if losses else float("nan")
         return result
 
