@@ -153,6 +153,23 @@ def test_every_batch_gives_every_embedding_even_without_pairs(make_audio, make_v
     assert objective.losses(out, batch, gather=False) == {}
 
 
+def test_rows_without_an_embedding_stay_out_of_the_losses(make_audio, make_video):
+    """The zeros forward returns where it computed no embedding (under DDP, a rank whose batch
+    had one such clip) never enter a loss, even though the clip's flag says it has the modality."""
+    torch.manual_seed(0)
+    model = create_model("vatt_tiny").eval()
+    objective = objective_for(model).eval()
+    batch = batch_for(model, make_audio, make_video, size=5)
+    with torch.no_grad():
+        embeddings = objective(model, **batch)
+    embeddings["audio_va"][1] = 0.0
+    embeddings["text_vt"][3, 0] = 0.0
+    flagged = {**batch, "has_audio": batch["has_audio"].clone(), "text_mask": batch["text_mask"].clone()}
+    flagged["has_audio"][1] = False
+    flagged["text_mask"][3, 0] = False
+    assert objective.losses(embeddings, batch, gather=False) == objective.losses(embeddings, flagged, gather=False)
+
+
 def test_refuses_other_architectures():
     with pytest.raises(ObjectiveError, match="VATT"):
         objective_for(create_model("zorro_tiny"))

@@ -201,18 +201,23 @@ class VATTContrastive(Objective):
         return inputs
 
     def losses(self, embeddings: dict[str, Tensor], inputs: dict[str, Any], gather: bool) -> dict[str, Tensor]:
-        """{"nce": NCE(v, a), "mil_nce": MIL-NCE(v, t)} for the terms the batch has pairs for."""
+        """{"nce": NCE(v, a), "mil_nce": MIL-NCE(v, t)} for the terms the batch has pairs for.
+
+        A row takes part only if its clip has the modality *and* an embedding was computed for it
+        (unit norm; the zeros `forward` returns where it computed none, e.g. a DDP rank with a
+        single such clip, which BatchNorm cannot take in training, are left out)."""
         g = gather_with_grad if gather else (lambda x: x)
+        embedded = {k: g((v.detach().norm(dim=-1) > 0.5).to(torch.uint8)).bool() for k, v in embeddings.items()}
         has_video = g(inputs["has_video"].to(torch.uint8)).bool()
         losses = {}
         if "video_va" in embeddings and "audio_va" in embeddings:
-            pairs = has_video & g(inputs["has_audio"].to(torch.uint8)).bool()
+            pairs = has_video & g(inputs["has_audio"].to(torch.uint8)).bool() & embedded["video_va"] & embedded["audio_va"]
             if int(pairs.sum()) >= 2:
                 video, audio = g(embeddings["video_va"])[pairs], g(embeddings["audio_va"])[pairs]
                 losses["nce"] = multiple_instance_nce(video, audio[:, None], torch.ones_like(pairs[pairs])[:, None], self.tau)
         if "video_vt" in embeddings and "text_vt" in embeddings:
-            valid = g(inputs["text_mask"].to(torch.uint8)).bool()
-            clips = valid.any(dim=1) & has_video
+            valid = g(inputs["text_mask"].to(torch.uint8)).bool() & embedded["text_vt"]
+            clips = valid.any(dim=1) & has_video & embedded["video_vt"]
             if int(clips.sum()) >= 2:
                 video, texts = g(embeddings["video_vt"])[clips], g(embeddings["text_vt"])[clips]
                 losses["mil_nce"] = self.text_weight * multiple_instance_nce(video, texts, valid[clips], self.tau)
