@@ -112,7 +112,10 @@ def main() -> None:
             f"| {r.get('t2v_class_R@1', float('nan')):.3f} (chance {r.get('t2v_class_R@1_chance', float('nan')):.3f}) "
             f"| {r.get('nce', float('nan')):.3f} | {r.get('mil_nce', float('nan')):.3f} |"
         )
-    print(f"\n| linear probe, {args.probe_steps} steps (test) | audio+video top-1 | audio graph: top-1 / right sound | video graph: top-1 / right shape |")
+    print(
+        f"\n| linear probe, {args.probe_steps} steps (test) | audio+video top-1 "
+        "| audio graph: top-1 / right sound | video graph: top-1 / right shape |"
+    )
     print("|---|---|---|---|")
     for name, routes in report["probes"].items():
         cells = [f"{routes['av']['top1']:.3f}"]

@@ -94,7 +94,8 @@ def test_droptoken_halves_the_tokens_in_training_only(make_audio, make_video):
     objective = objective_for(model)
     seen = {}
     for modality in ("audio", "video"):
-        model.backbones[modality].blocks[0].register_forward_pre_hook(lambda m, args, name=modality: seen.__setitem__(name, args[0].shape[1]))
+        first_block = model.backbones[modality].blocks[0]
+        first_block.register_forward_pre_hook(lambda m, args, name=modality: seen.__setitem__(name, args[0].shape[1]))
     batch = batch_for(model, make_audio, make_video)
     cfg = model.config
     objective.train(), model.train()

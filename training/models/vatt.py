@@ -486,7 +486,8 @@ def paper_gflops(config: VATTConfig, drop_token_rate: float = 0.0, modalities: t
             kept = {m: x[:, : round((1.0 - drop_token_rate) * x.shape[1])] for m, x in tokens.items()}
             model.encode_tokens(kept)
         if TEXT in modalities:
-            text(torch.ones(1, config.max_words, dtype=torch.long, device="meta"), backbone=model.backbone(TEXT) if config.modality_agnostic else None)
+            shared = model.backbone(TEXT) if config.modality_agnostic else None
+            text(torch.ones(1, config.max_words, dtype=torch.long, device="meta"), backbone=shared)
 
     dense, attention = dense_and_attention_flops(run)
     return (dense + attention / 2) / 1e9

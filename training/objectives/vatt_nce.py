@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from training.data.text import TextSpec
 from training.losses import gather_with_grad
 from training.models import AUDIO, VIDEO, AVClassifier
-from training.models.vatt import TEXT, VATT, CommonSpaces, VATTTextEncoder
+from training.models.vatt import TEXT, VATT, CommonSpaces, VATTConfig, VATTTextEncoder
 
 from .base import Objective, ObjectiveError, ObjectiveSetup, StepContext, detached, register_objective
 from .masked import random_keep
@@ -169,20 +169,25 @@ class VATTContrastive(Objective):
                 text_vt = self.spaces.text_to_vt(self.text(words, backbone=shared))
                 flat = _scatter_rows(F.normalize(text_vt, dim=-1), captions, text_mask.numel())
                 out["text_vt"] = flat.reshape(*text_mask.shape, -1)
-        # Every batch returns every key, so DDP ranks gather tensors of one shape and evaluation
-        # batches concatenate; in training the zeros keep a gradient path to their module.
-        anchors = {
-            "video_va": self.spaces.video_to_va, "video_vt": self.spaces.va_to_vt,
-            "audio_va": self.spaces.audio_to_va, "text_vt": self.spaces.text_to_vt,
-        }  # fmt: skip
-        if text is None or text_mask is None or self.text_weight == 0:
-            anchors.pop("text_vt")
-        cfg = model.config
-        widths = {"video_va": cfg.va_dim, "video_vt": cfg.vt_dim, "audio_va": cfg.va_dim, "text_vt": cfg.vt_dim}
-        reference = features[next(iter(features))]
-        for key, module in anchors.items():
+        return self._with_every_key(out, model.config, features, batch, text_mask if text is not None and self.text_weight > 0 else None)
+
+    def _with_every_key(
+        self, out: dict[str, Tensor], cfg: VATTConfig, features: dict[str, Tensor], batch: int, text_mask: Tensor | None
+    ) -> dict[str, Tensor]:
+        """Zeros for the embeddings this batch computed none of, so every DDP rank gathers the same
+        keys and shapes and evaluation batches concatenate; in training they keep a gradient path
+        to their module (DDP expects one). `losses` leaves zero rows out."""
+        modules = {
+            "video_va": (self.spaces.video_to_va, cfg.va_dim),
+            "video_vt": (self.spaces.va_to_vt, cfg.vt_dim),
+            "audio_va": (self.spaces.audio_to_va, cfg.va_dim),
+        }
+        if text_mask is not None:
+            modules["text_vt"] = (self.spaces.text_to_vt, cfg.vt_dim)
+        reference = next(iter(features.values()))
+        for key, (module, width) in modules.items():
             if key not in out:
-                shape = (*text_mask.shape, widths[key]) if key == "text_vt" else (batch, widths[key])
+                shape = (*text_mask.shape, width) if key == "text_vt" else (batch, width)
                 zero = sum(p.sum() for p in module.parameters()) * 0.0 if self.training else 0.0
                 out[key] = reference.new_zeros(shape) + zero
         return out
@@ -264,7 +269,11 @@ class VATTContrastive(Objective):
         losses = self.losses(embeddings, inputs, gather=False)
         result: dict[str, Any] = {k: float(v) for k, v in losses.items()}
         if "text_vt" in embeddings and "video_vt" in embeddings:
-            result.update(text_to_video_retrieval(embeddings["text_vt"], inputs["text_mask"], embeddings["video_vt"], inputs["has_video"], outputs["target"]))
+            result.update(
+                text_to_video_retrieval(
+                    embeddings["text_vt"], inputs["text_mask"], embeddings["video_vt"], inputs["has_video"], outputs["target"]
+                )
+            )
         if "video_va" in embeddings and "audio_va" in embeddings:
             both = inputs["has_audio"] & inputs["has_video"]
             similarity = embeddings["video_va"][both] @ embeddings["audio_va"][both].T
