@@ -297,6 +297,12 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", map_location: str | 
     Raises CheckpointError for a missing run.json, a missing or corrupt checkpoint, or weights
     that do not fit the model described by run.json.
     """
+    model, info, _ = load_run_with_state(run_dir, checkpoint, map_location)
+    return model, info
+
+
+def load_run_with_state(run_dir: str | Path, checkpoint: str = "best", map_location: str | torch.device = "cpu"):
+    """`load_run`, plus the checkpoint's whole state (read once): (model, RunInfo, state)."""
     from training.models import create_model
 
     info = read_run_info(run_dir)
@@ -314,7 +320,17 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", map_location: str | 
     model.eval()
     info.checkpoint = str(path)
     info.step = state.get("step")
-    return model, info
+    return model, info, state
+
+
+def load_objective_modules(objective: torch.nn.Module, state: dict[str, Any], source: str | Path) -> None:
+    """Loads each of the objective's extra modules (its child slots) from a checkpoint's state;
+    CheckpointError names a slot the checkpoint (`source`) lacks."""
+    saved = module_states(state)
+    for slot, module in objective.named_children():
+        if slot not in saved:
+            raise CheckpointError(f"{source} has no {slot!r} module for the {getattr(objective, 'name', '')} objective")
+        module.load_state_dict(saved[slot])
 
 
 @dataclass

@@ -153,20 +153,15 @@ def run_outputs(
     `frame_sampling` "fast" picks video frames as a gateway with `sampling=fast` does.
     """
     from training.checkpoint import load_run
-    from training.data.dataset import AVClipDataset, EpochSampler, Preprocessing, collate
-    from training.data.records import DatasetError, load_records
+    from training.data.dataset import AVClipDataset, Preprocessing
+    from training.data.records import DatasetError
 
     from avserve.media.video import SAMPLING_MODES
 
     if frame_sampling not in SAMPLING_MODES:
         raise ValueError(f"frame sampling must be one of {', '.join(SAMPLING_MODES)}, not {frame_sampling!r}")
     model, info = load_run(run_dir)
-    records = load_records(data)
-    if list(records.classes) != list(info.classes):
-        raise DatasetError(f"{data}: its classes differ from the {len(info.classes)} classes {run_dir} was trained on")
-    selected = records.split(split)
-    if not selected.records:
-        raise DatasetError(f"split {split!r} of {data} is empty")
+    selected = split_records(run_dir, info, data, split)
     servable = {frozenset(m) for m in model.servable_modalities}
     modalities = sorted(max(servable, key=len))
     missing = "zero"
@@ -188,11 +183,32 @@ def run_outputs(
     )
     if len(dataset) == 0:
         raise DatasetError(f"split {split!r} of {data} has no clip with the modalities {modalities}")
-    sampler = EpochSampler(len(dataset), shuffle=False, seed=0, num_replicas=1, rank=0, drop_last=False)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate)
+    loader = evaluation_loader(dataset, batch_size, workers)
     if zero_fill:
         loader = (_zero_filled(batch, model.config) for batch in loader)
     return model, info, collect_outputs(model, loader, torch.device("cpu"), use_presence=not zero_fill)
+
+
+def split_records(run_dir: str | Path, info: Any, data: str | Path, split: str):
+    """The records of `split` of `data`, which must label its clips with the classes the run
+    (`info`, its RunInfo) was trained on; DatasetError otherwise or when the split is empty."""
+    from training.data.records import DatasetError, load_records
+
+    records = load_records(data)
+    if list(records.classes) != list(info.classes):
+        raise DatasetError(f"{data}: its classes differ from the {len(info.classes)} classes {run_dir} was trained on")
+    selected = records.split(split)
+    if not selected.records:
+        raise DatasetError(f"split {split!r} of {data} is empty")
+    return selected
+
+
+def evaluation_loader(dataset, batch_size: int, workers: int):
+    """Every clip of `dataset` once, in order."""
+    from training.data.dataset import EpochSampler, collate
+
+    sampler = EpochSampler(len(dataset), shuffle=False, seed=0, num_replicas=1, rank=0, drop_last=False)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate)
 
 
 def _zero_filled(batch: dict, config: Any) -> dict:
@@ -241,12 +257,12 @@ def evaluate_objective(
     the objective's modules (projectors, text tower, decoder) restored from the checkpoint. The
     same code the trainer's periodic evaluation runs (Objective.eval_batch / score)."""
     from training import checkpoint as ckpt
-    from training.data.dataset import AVClipDataset, EpochSampler, Preprocessing, collate
-    from training.data.records import DatasetError, load_records
+    from training.data.dataset import AVClipDataset, Preprocessing
+    from training.data.records import DatasetError
     from training.objectives import ObjectiveSetup, StepContext, TrainingModule, concatenate, get_objective
     from training.optim import RECIPES, resolve_recipe
 
-    model, info = ckpt.load_run(run_dir, checkpoint)
+    model, info, state = ckpt.load_run_with_state(run_dir, checkpoint)
     objective_type = get_objective(info.objective)
     recipe = resolve_recipe(info.recipe.get("name") if info.recipe.get("name") in RECIPES else objective_type.default_recipe(False))
     setup = ObjectiveSetup(
@@ -254,16 +270,9 @@ def evaluate_objective(
         options=objective_type.parse_options(info.objective_options),
     )  # fmt: skip
     objective = objective_type(setup)
-    states = ckpt.module_states(ckpt.load_checkpoint(info.checkpoint))
-    for slot, module in objective.named_children():
-        if slot not in states:
-            raise ckpt.CheckpointError(f"{info.checkpoint} holds no {slot!r} module for the {info.objective} objective")
-        module.load_state_dict(states[slot])
+    ckpt.load_objective_modules(objective, state, info.checkpoint)
     objective.configure_model(model)
-    records = load_records(data)
-    if list(records.classes) != list(info.classes):
-        raise DatasetError(f"{data}: its classes differ from the {len(info.classes)} classes {run_dir} was trained on")
-    selected = records.split(split)
+    selected = split_records(run_dir, info, data, split)
     modalities = sorted(max((frozenset(m) for m in model.servable_modalities), key=len))
     dataset = AVClipDataset(
         selected.records, info.classes, info.multilabel, Preprocessing.from_config(model.config), train=False,
@@ -272,8 +281,7 @@ def evaluate_objective(
     )  # fmt: skip
     if len(dataset) == 0:
         raise DatasetError(f"split {split!r} of {data} has no clip with the modalities {modalities}")
-    sampler = EpochSampler(len(dataset), shuffle=False, seed=0)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate)
+    loader = evaluation_loader(dataset, batch_size, workers)
     net = TrainingModule(model, objective).eval()
     context = StepContext(model, torch.device("cpu"), np.random.default_rng(0))
     with torch.no_grad():

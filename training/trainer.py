@@ -459,11 +459,10 @@ class Trainer:
         except ckpt.CheckpointError as error:
             raise TrainError(f"--resume: {error}") from None
         self.model.load_state_dict(state["model"])
-        saved = ckpt.module_states(state)
-        for slot, module in self.objective.named_children():
-            if slot not in saved:
-                raise TrainError(f"--resume: {self.resume_path} has no {slot!r} for the {self.cfg.objective} objective")
-            module.load_state_dict(saved[slot])
+        try:
+            ckpt.load_objective_modules(self.objective, state, self.resume_path)
+        except ckpt.CheckpointError as error:
+            raise TrainError(f"--resume: {error}") from None
         try:
             self.optimizer.load_state_dict(state["optimizer"])
         except ValueError as error:  # e.g. a checkpoint written before parameter groups existed

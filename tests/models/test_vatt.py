@@ -15,13 +15,10 @@ from training.models.vatt import (
     VATT,
     VATTBackbone,
     VATTTextEncoder,
+    count,
     paper_gflops,
     pretraining_parameter_counts,
 )
-
-
-def count(module: torch.nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 # ---- parameters (meta device) -----------------------------------------------------------------

@@ -453,7 +453,7 @@ def pretraining_parameter_counts(config: VATTConfig) -> dict[str, int]:
         spaces = CommonSpaces(config)
     counts = {
         "backbones": count(model.backbones),
-        "tokenizers": count(model.tokenizers) + sum(p.numel() for p in model.agg_token.parameters()),
+        "tokenizers": count(model.tokenizers) + count(model.agg_token),
         "text": count(text) - text.embedding_parameters(),
         "common_spaces": count(spaces),
     }
