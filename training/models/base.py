@@ -54,6 +54,11 @@ Optional parts, implemented by an architecture when something needs them:
   position-embedding parameters and their token grids, so a pretrained embedding of another
   grid (clip length, frame count, image size) is resized by interpolation, not skipped.
 
+  Export (training/export.py): `export_module()` returns the module whose graph the exporter
+  traces: the model itself by default; a copy computing the same function with the ops ONNX
+  lacks replaced (PEMT: each orthogonal Sigma = expm(A - A^T) computed once, a constant). The
+  exporter checks the ONNX graph against the model itself, not the copy.
+
   Training augmentation inside the model (SpecAugment, frequency jitter; any
   `layers.InputAugmentation`) can be switched off with `set_input_augmentation(False)`, so a
   reconstruction objective's targets and inputs are the clean signal.
@@ -262,6 +267,10 @@ class AVClassifier(nn.Module, abc.ABC):
         if name.startswith(self.embedding_prefixes):
             return 0
         return self.num_layer_ids - 1
+
+    def export_module(self) -> AVClassifier:
+        """The module to trace for ONNX export (the same function); see the module docstring."""
+        return self
 
     def position_embeddings(self) -> dict[str, PositionGrid]:
         """{state-dict name of a learned position embedding: its grid}; empty if none can be resized."""
