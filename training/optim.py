@@ -10,7 +10,7 @@ multiplied by global_batch/256. Off by default (the Table 5 LRs are used as give
 
 Schedule: linear warm-up from 0 to the peak LR over `warmup_steps`, then cosine decay to
 `final_lr_fraction * peak` at the last step, over half a cosine period (`cosine_period`; VATT's
-pretraining uses a quarter). Zorro: "cosine-decay LR schedule ... and LR warm-up"; the warm-up
+pretraining uses a quarter), or linearly (`decay="linear"`, PEMT App. A.4). Zorro: "cosine-decay LR schedule ... and LR warm-up"; the warm-up
 length is not stated, we default to 5 % of the steps; MBT: 2.5 epochs.
 
 Parameter groups (`parameter_groups`), the same for every recipe:
@@ -51,10 +51,12 @@ class Recipe:
     # The share of a cosine period the decay covers: 0.5 is the usual half period (peak -> final,
     # flat at both ends), 0.25 VATT's quarter period (steepest at the end).
     cosine_period: float = 0.5
+    decay: str = "cosine"  # "cosine" | "linear" (PEMT: "warm-up ... then linear decay")
     label_smoothing: float = 0.0
     mixup_alpha: float = 0.0
     modality_mixup: bool = False  # MBT Sec. 4.2: an independent mixup lambda per modality
     betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw (torch's default)
+    amsgrad: bool = False  # adam / adamw: AMSGrad's running maximum of the second moment (PEMT)
     layer_decay: float | None = None  # layer-wise LR decay factor (None: off)
     grad_clip: float | None = None  # clip the global gradient norm to this (None: off)
     lr_scale: tuple[tuple[str, float], ...] = ()  # (parameter name pattern, LR multiplier)
@@ -137,6 +139,32 @@ RECIPES: dict[str, Recipe] = {
             "classifier with 10% of components per step is not reproduced: a plain linear head)",
         ),
         Recipe(
+            "pemt",
+            "adamw",
+            1e-4,
+            1e-4,
+            amsgrad=True,
+            betas=(0.9, 0.98),
+            warmup_fraction=0.06,
+            decay="linear",
+            lr_scale=(("*rotation.generator", 0.1),),
+            source="PEMT App. A.4: AMSGrad AdamW (0.9, 0.98), weight decay 1e-4, LR 1e-4 and 1e-5 for the orthogonal "
+            "parameters, warm-up over the first 6 % of iterations then linear decay (batch 256, 220k iterations)",
+        ),
+        Recipe(
+            "pemt_finetune",
+            "adamw",
+            1e-3,
+            1e-4,
+            amsgrad=True,
+            betas=(0.9, 0.98),
+            warmup_fraction=0.06,
+            decay="linear",
+            lr_scale=(("*rotation.generator", 0.1), ("heads.*", 5.0), ("*_cnn.*", 5.0)),
+            source="PEMT App. A.4, Kinetics-Sounds: LR 1e-3 for the transformers, 5e-3 for the classifier and the CNNs, "
+            "1e-4 for the orthogonal parameters; AMSGrad AdamW as in pretraining (batch 32, 24k iterations)",
+        ),
+        Recipe(
             "masked",
             "adam",
             3e-4,
@@ -168,6 +196,11 @@ class Schedule:
     warmup_steps: int
     final_lr_fraction: float = 0.0
     cosine_period: float = 0.5
+    decay: str = "cosine"
+
+    def __post_init__(self) -> None:
+        if self.decay not in ("cosine", "linear"):
+            raise ValueError(f"decay must be cosine or linear, not {self.decay!r}")
 
     def factor(self, step: int) -> float:
         """Multiplier of peak_lr at optimiser step `step` (0-based)."""
@@ -175,6 +208,8 @@ class Schedule:
             return (step + 1) / self.warmup_steps
         decay_steps = max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, max(0.0, (step - self.warmup_steps) / decay_steps))
+        if self.decay == "linear":
+            return self.final_lr_fraction + (1.0 - self.final_lr_fraction) * (1.0 - progress)
         # cos over [0, 2 pi period], rescaled to fall from 1 to 0 (period 0.5: (1 + cos(pi p)) / 2)
         end = math.cos(2.0 * math.pi * self.cosine_period)
         cosine = (math.cos(2.0 * math.pi * self.cosine_period * progress) - end) / (1.0 - end)
@@ -248,9 +283,9 @@ def build_optimizer(params: Iterable[torch.nn.Parameter] | list[dict], recipe: R
     if params and not isinstance(params[0], dict):
         params = [p for p in params if p.requires_grad]
     if recipe.optimizer == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=recipe.betas, weight_decay=recipe.weight_decay)
+        return torch.optim.Adam(params, lr=lr, betas=recipe.betas, weight_decay=recipe.weight_decay, amsgrad=recipe.amsgrad)
     if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=recipe.betas, weight_decay=recipe.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, betas=recipe.betas, weight_decay=recipe.weight_decay, amsgrad=recipe.amsgrad)
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}")

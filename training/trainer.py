@@ -333,7 +333,9 @@ class Trainer:
         cfg = self.cfg
         self.peak_lr = effective_lr(self.recipe, self.global_batch, cfg.scale_lr)
         self.warmup = warmup_steps_for(self.recipe, self.total_steps, self.steps_per_epoch, cfg.warmup_steps)
-        self.schedule = Schedule(self.peak_lr, self.total_steps, self.warmup, self.recipe.final_lr_fraction, self.recipe.cosine_period)
+        self.schedule = Schedule(
+            self.peak_lr, self.total_steps, self.warmup, self.recipe.final_lr_fraction, self.recipe.cosine_period, self.recipe.decay
+        )
         groups = parameter_groups(self.model, dict(self.objective.named_children()), self.recipe, self.peak_lr)
         self.optimizer = build_optimizer(groups, self.recipe, self.peak_lr)
         self.scheduler = build_scheduler(self.optimizer, self.schedule)

@@ -1,7 +1,16 @@
 import pytest
 import torch
 
-from training.optim import RECIPES, Schedule, build_optimizer, build_scheduler, effective_lr, resolve_recipe, warmup_steps_for
+from training.optim import (
+    RECIPES,
+    Schedule,
+    build_optimizer,
+    build_scheduler,
+    effective_lr,
+    parameter_groups,
+    resolve_recipe,
+    warmup_steps_for,
+)
 
 
 def test_recipes_follow_table5():
@@ -110,3 +119,40 @@ def test_linear_probe_recipe_is_vatt_linear_evaluation():
     r = RECIPES["linear_probe"]
     assert (r.optimizer, r.lr, r.weight_decay, r.mixup_alpha, r.label_smoothing) == ("adam", 5e-4, 0.0, 0.0, 0.0)
     assert "VATT App. A.3" in r.source
+
+
+def test_warmup_then_linear_decay():
+    """PEMT App. A.4: warm-up over the first 6 % of iterations, then linear decay."""
+    s = Schedule(peak_lr=1.0, total_steps=110, warmup_steps=10, decay="linear")
+    assert s(9) == pytest.approx(1.0) and s(10) == pytest.approx(1.0)
+    assert s(35) == pytest.approx(0.75) and s(60) == pytest.approx(0.5) and s(110) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="cosine or linear"):
+        Schedule(1.0, 10, 0, decay="step")
+
+
+def test_pemt_recipe_amsgrad_and_orthogonal_lr():
+    """AMSGrad AdamW (0.9, 0.98), and the Sigma generators at 1/10 of the LR (App. A.4)."""
+    from training.models import create_model
+
+    recipe = RECIPES["pemt"]
+    model = create_model("pemt_tiny")
+    groups = parameter_groups(model, {}, recipe, recipe.lr)
+    optimizer = build_optimizer(groups, recipe, recipe.lr)
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert all(g["amsgrad"] and g["betas"] == (0.9, 0.98) for g in optimizer.param_groups)
+    generators = {id(p) for n, p in model.named_parameters() if n.endswith("rotation.generator")}
+    assert generators
+    for group in groups:
+        ids = {id(p) for p in group["params"]}
+        if ids & generators:
+            assert ids <= generators and group["lr"] == pytest.approx(recipe.lr * 0.1) and group["weight_decay"] == 0.0
+        else:
+            assert group["lr"] == pytest.approx(recipe.lr)
+    assert sum(len({id(p) for p in g["params"]} & generators) for g in groups) == len(generators)
+    finetune = parameter_groups(model, {}, RECIPES["pemt_finetune"], 1e-3)
+    lr_of = {id(p): g["lr"] for g in finetune for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert lr_of[id(named["heads.fusion.0.weight"])] == pytest.approx(5e-3)
+    assert lr_of[id(named["video_cnn.proj.weight"])] == pytest.approx(5e-3)
+    assert lr_of[id(named["inputs.video.time"])] == pytest.approx(1e-3)
+    assert [lr_of[i] for i in generators] == pytest.approx([1e-4] * len(generators))
