@@ -584,14 +584,20 @@ class PEMT(AVClassifier):
                 unimodal[m] = self.transformers[m](self.inputs[m](x))
         multimodal = None
         if cfg.fusion != "late" and VIDEO in units and AUDIO in units:
-            if cfg.fusion == "mid":
-                sequences = unimodal
-            else:
-                sequences = {m: torch.cat([self.early_bos[m].expand(x.shape[0], -1, -1), x], dim=1) for m, x in units.items()}
-            shared = self.inputs[MULTIMODAL]
-            w = [shared(sequences[m], self.modality_embedding[m]) for m in (VIDEO, AUDIO)]
-            multimodal = self.transformers[MULTIMODAL](torch.cat(w, dim=1))
+            multimodal = self.fuse(unimodal if cfg.fusion == "mid" else units)
         return Contextualised(unimodal, multimodal)
+
+    def fuse(self, sequences: dict[str, Tensor]) -> Tensor:
+        """h_AV on [w^v; w^a] (Eq. 3): mid fusion takes g's outputs [B, T+1, D] (BOS first), early
+        fusion the CNN embeddings [B, T, D] (h_AV's own BOS vectors are put in front). Separate
+        from `contextualise` so CPP can fuse mismatched (deranged) audio-visual pairs."""
+        if self.config.fusion == "late":
+            raise ValueError("late fusion has no multimodal transformer")
+        if self.config.fusion == "early":
+            sequences = {m: torch.cat([self.early_bos[m].expand(x.shape[0], -1, -1), x], dim=1) for m, x in sequences.items()}
+        shared = self.inputs[MULTIMODAL]
+        w = [shared(sequences[m], self.modality_embedding[m]) for m in (VIDEO, AUDIO)]
+        return self.transformers[MULTIMODAL](torch.cat(w, dim=1))
 
     def summaries(self, context: Contextualised) -> dict[str, Tensor]:
         """The BOS outputs the heads read."""

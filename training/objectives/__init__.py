@@ -7,7 +7,7 @@
 The interface is documented in training/objectives/base.py.
 """
 
-from . import contrastive, masked, supervised, vatt_nce  # noqa: F401  (importing an objective module registers it)
+from . import contrastive, masked, pemt_mep_cpp, supervised, vatt_nce  # noqa: F401  (importing an objective module registers it)
 from .base import (
     NoOptions,
     Objective,
