@@ -227,7 +227,10 @@ def evaluate(
     checkpoint: Annotated[Path, typer.Option(help="A training run directory (run.json + best.pt).")],
     data: Annotated[Path, typer.Option(help="Dataset: a manifest CSV or a directory.")],
     split: Annotated[str, typer.Option(help="Which split to score.")] = "test",
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="Clips per batch (default: 32; a pretraining run: its own training batch size)."),
+    ] = None,
     workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 0,
     route: Annotated[
         Optional[str],
@@ -254,7 +257,7 @@ def evaluate(
             typer.echo(json.dumps(result, indent=2) if as_json else f"{checkpoint} on {split} ({result['num_clips']} clips, step {result['step']}, {objective}): {result['summary']}")
             return
         result = evaluate_run(
-            checkpoint, data, split=split, batch_size=batch_size, workers=workers, route=route,
+            checkpoint, data, split=split, batch_size=batch_size or 32, workers=workers, route=route,
             frame_sampling=frame_sampling,
         )  # fmt: skip
     except (CheckpointError, DatasetError, ValueError) as error:

@@ -250,12 +250,19 @@ def evaluate_run(
 
 
 def evaluate_objective(
-    run_dir: str | Path, data: str | Path, split: str = "test", batch_size: int = 32, workers: int = 0, checkpoint: str = "best"
+    run_dir: str | Path,
+    data: str | Path,
+    split: str = "test",
+    batch_size: int | None = None,
+    workers: int = 0,
+    checkpoint: str = "best",
 ) -> dict[str, Any]:
     """Score a run with its own objective's evaluation on one split: what a pretraining run
     (contrastive, masked, vatt_nce) is judged by (its losses, retrieval, reconstruction), with
     the objective's modules (projectors, text tower, decoder) restored from the checkpoint. The
-    same code the trainer's periodic evaluation runs (Objective.eval_batch / score)."""
+    same code the trainer's periodic evaluation runs (Objective.eval_batch / score), at the
+    run's own batch size unless told otherwise: an objective whose negatives come from the batch
+    (PEMT's MEP and CPP) scores differently at another size."""
     from training import checkpoint as ckpt
     from training.data.dataset import AVClipDataset, Preprocessing
     from training.data.records import DatasetError
@@ -281,6 +288,8 @@ def evaluate_objective(
     )  # fmt: skip
     if len(dataset) == 0:
         raise DatasetError(f"split {split!r} of {data} has no clip with the modalities {modalities}")
+    if batch_size is None:
+        batch_size = int(info.train.get("batch_size_per_process") or 32)
     loader = evaluation_loader(dataset, batch_size, workers)
     net = TrainingModule(model, objective).eval()
     context = StepContext(model, torch.device("cpu"), np.random.default_rng(0))

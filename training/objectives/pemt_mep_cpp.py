@@ -41,7 +41,8 @@ classifier, early fusion only the multimodal one.
 Clips without both modalities are left out of the dataset (`default_missing = "skip"`): MEP's
 third term and CPP need pairs. Evaluation reports each loss, MEP top-1 (the positive scored
 above all its sampled negatives) and CPP accuracy; negatives there are drawn from a generator
-seeded per batch, so a checkpoint scores the same every time. The score is -(MEP + CPP).
+seeded per batch, so a checkpoint scores the same every time; a batch of a single clip (a split's
+last) is left out. The score is -(MEP + CPP).
 """
 
 from __future__ import annotations
@@ -316,13 +317,15 @@ class PEMTPretraining(Objective):
     def eval_batch(self, net: nn.Module, batch: dict[str, Tensor], ctx: StepContext) -> dict[str, Any]:
         # the same masks, pairs and negatives for a batch every time it is scored
         seed = int(batch["index"][0]) if "index" in batch else 0
+        b = len(batch["has_audio"])
+        if b < 2:  # a split's last batch of one clip: no other clip to pair or contrast with
+            return {key: np.full(b, np.nan) for key in ("mep", "cpp", "mep_top1", "cpp_accuracy", "negatives")}
         rng = np.random.default_rng(seed)
         inputs = self._inputs(batch, ctx, rng)
         with ctx.autocast():
             outputs = net(**inputs)
         generator = torch.Generator(device=inputs["mask"].device).manual_seed(seed)
         losses, accuracy = self.losses(outputs, inputs["mask"], generator)
-        b = inputs["mask"].shape[0]
         # per-batch numbers repeated per clip (weights: a batch's clips), so the trainer can gather them
         return {
             "mep": np.full(b, float(losses["mep"])),
@@ -333,7 +336,7 @@ class PEMTPretraining(Objective):
         }
 
     def score(self, outputs: dict[str, Any], ctx: StepContext) -> dict[str, Any]:
-        result = {key: float(np.mean(values)) for key, values in outputs.items()}
+        result = {key: float(np.nanmean(values)) if np.isfinite(values).any() else float("nan") for key, values in outputs.items()}
         result["score"] = -(result["mep"] + result["cpp"])
         return result
 
