@@ -3,9 +3,10 @@
 import pytest
 
 
-def _shared_export(tmp_path_factory, worker_id: str, preset: str, directory: str, seed: int = 1234):
+def _shared_export(tmp_path_factory, worker_id: str, preset: str, directory: str, seed: int = 1234, prepare=None):
     """Export a seeded, untrained `preset` (family = the preset name, the synthetic dataset's
-    12 labels) into `<shared tmp>/<directory>` once per test run, shared by the xdist workers
+    12 labels; `prepare(model)`, deterministic, changes its weights first if given) into
+    `<shared tmp>/<directory>` once per test run, shared by the xdist workers
     (pytest-xdist's documented recipe: the first worker to take the lock exports, the others
     find the finished repository). Returns (repository_path, torch_model).
 
@@ -22,6 +23,8 @@ def _shared_export(tmp_path_factory, worker_id: str, preset: str, directory: str
 
     torch.manual_seed(seed)
     model = create_model(preset, num_classes=len(CLASS_NAMES)).eval()
+    if prepare is not None:
+        prepare(model)
     shared_root = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
     repository = shared_root / directory
     with FileLock(str(repository) + ".lock"):
@@ -61,3 +64,27 @@ def vatt_repository(tmp_path_factory, worker_id):
     Returns (repository_path, torch_model).
     """
     return _shared_export(tmp_path_factory, worker_id, "vatt_tiny", "vatt_repository")
+
+
+def rotate_pemt_sigmas(model, seed: int = 4321) -> None:
+    """Every Sigma generator of a PEMT set to seeded N(0, 1) values: they start at 0 (Sigma = I),
+    which would leave the exporter's frozen-Sigma path (export_module) untested."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in model.orthogonal_parameter_names():
+            parameters[name].copy_(torch.randn(parameters[name].shape, generator=generator))
+
+
+@pytest.fixture(scope="session")
+def pemt_repository(tmp_path_factory, worker_id):
+    """pemt_tiny_av, _audio and _video (PEMT mid fusion: audio, video and fusion heads; the
+    unimodal graphs are `head` graphs), exported like `zorro_repository` from a seeded, untrained
+    pemt_tiny whose orthogonal Sigma matrices are random rotations (not the identity they start
+    as), so the graphs hold the frozen Sigma of `PEMT.export_module()`.
+
+    Returns (repository_path, torch_model).
+    """
+    return _shared_export(tmp_path_factory, worker_id, "pemt_tiny", "pemt_repository", prepare=rotate_pemt_sigmas)

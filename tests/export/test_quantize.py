@@ -154,6 +154,54 @@ def test_mbt_int8_export_loads(tmp_path):
     assert (got.argmax(-1) == want.argmax(-1)).mean() >= 7 / 8
 
 
+def test_pemt_int8_export_quantizes_every_projection(tmp_path):
+    """PEMT with random Sigmas: every V^T and U Sigma projection (one weight each in the graph:
+    PEMT.export_module folds U Sigma), the CNNs' projections to the unit embedding and the MLP
+    heads become integer MatMuls; only the attention products and the log-mel filterbank stay
+    fp32. With decisive heads (the MLP's last layer x1000) int8 answers like the torch model."""
+    from training.models import create_model
+
+    torch.manual_seed(1)
+    model = create_model("pemt_tiny", num_classes=len(LABELS))
+    generator = torch.Generator().manual_seed(2)
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for name in model.orthogonal_parameter_names():
+            parameters[name].copy_(torch.randn(parameters[name].shape, generator=generator))
+        for head in model.heads.values():
+            head[2].weight.mul_(1000)
+            head[2].bias.mul_(1000)
+    model.eval()
+    options = ExportOptions(family="pemt_tiny", quantize="int8", tolerance=1e-2)  # logits x1000: float rounding too
+    exported = {m.name: m for m in export_model(model, LABELS, tmp_path, options)}
+    assert set(exported) == {"pemt_tiny_av", "pemt_tiny_audio", "pemt_tiny_video"}
+    cfg = model.config
+    for name, exported_model in exported.items():
+        modalities, heads = sorted(exported_model.modalities), exported_model.heads
+        graph = onnx.load(str(tmp_path / name / "1" / "model.onnx")).graph
+        ops = Counter(node.op_type for node in graph.node)
+        applications = cfg.depth * (3 if len(modalities) == 2 else 1)  # layer applications (mid fusion)
+        assert ops["MatMulInteger"] == 12 * applications + len(modalities) + 2 * len(heads), ops
+        weights = {tensor.name for tensor in graph.initializer}
+        weights |= {node.output[0] for node in graph.node if node.op_type == "Identity" and node.input[0] in weights}
+        assert not [n.name for n in graph.node if n.op_type == "MatMul" and weights & set(n.input)]
+
+        feeds = inputs(model, modalities, batch=16, seed=6)
+        got = run(tmp_path, name, feeds)
+        with torch.no_grad():
+            out = model(**{m: torch.from_numpy(x) for m, x in feeds.items()})
+        for output in ("logits", *(f"head_{h}" for h in heads)):
+            want = out[output.removeprefix("head_")].numpy()
+            assert want.std(axis=-1).min() > 1.0  # decisive
+            spread = want.std(axis=-1).mean()
+            assert (want.argmax(-1) == got[output].argmax(-1)).mean() >= 14 / 16, (name, output)
+            assert np.abs(got[output] - want).mean() < 0.1 * spread and np.abs(got[output] - want).max() < 0.3 * spread
+        assert np.abs(softmax(got["logits"]) - softmax(out["logits"].numpy())).max() < 0.2
+        parity = exported_model.int8_parity
+        print(f"{name}: {parity.summary()}")
+        assert parity.top1_agreement >= 0.9 and parity.max_prob_diff < 0.2
+
+
 def test_parity_on_a_dataset_split(tmp_path):
     from training.data.synth import CLASS_NAMES, generate_dataset
     from training.models import create_model

@@ -30,7 +30,8 @@ Parameter reduction (Sec. 2.2), `sharing`:
                  y = U Sigma normalize(V^T x) + b, Sigma = expm(A - A^T) orthogonal (3.86M).
 The paper computes expm by Pade approximation with scaling and squaring; `torch.linalg.matrix_exp`
 does the same. ONNX has no matrix exponential, so `export_module()` returns a copy whose Sigma
-matrices are constants: the exported graph holds plain matmuls (U Sigma folds into one).
+matrices are constants and each U Sigma is folded into one weight: the exported graph holds plain
+matmuls with constant weights (and the normalisation between V^T and U Sigma).
 
 Heads (Sec. 3.2: "a 2-layer MLP with softmax classifier"): "video" on BOS^v_g = y^v_0, "audio" on
 BOS^a_g = y^a_0, and in early / mid fusion "fusion" on [BOS^v_h; BOS^a_h] = [z_0; z_{T+1}] (which
@@ -326,9 +327,24 @@ class LowRankLinear(nn.Module):
         self.down = nn.Linear(in_features, rank, bias=False)
         self.rotation = OrthogonalMatrix(rank)
         self.bias = nn.Parameter(torch.zeros(out_features))
+        # U Sigma as one constant, set by `fold()` in an export copy only (None, so never in a
+        # trained model's state dict). Persistent: the ONNX exporter makes a state-dict tensor an
+        # initializer, which int8 quantization needs; a non-persistent one becomes a Constant node.
+        self.register_buffer("folded", None)
+
+    def effective_weight(self) -> Tensor:
+        """U Sigma: the (rank -> out) weight applied after the normalisation."""
+        return self.folded if self.folded is not None else self.up.weight @ self.rotation()
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        """Store U Sigma as one weight. The ONNX exporter does not constant-fold a MatMul of two
+        constants: without this the graph multiplies U by Sigma on every call, and int8
+        quantization (which needs a constant weight) leaves those MatMuls in fp32."""
+        self.folded = self.effective_weight().detach().clone()
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(F.normalize(self.down(x), dim=-1), self.up.weight @ self.rotation(), self.bias)
+        return F.linear(F.normalize(self.down(x), dim=-1), self.effective_weight(), self.bias)
 
 
 LinearFactory = Callable[[str, int, int], nn.Module]
@@ -622,12 +638,16 @@ class PEMT(AVClassifier):
         return {f"inputs.{name}.time": PositionGrid((self.config.num_units,), prefix_tokens=1) for name in self.inputs}
 
     def export_module(self) -> PEMT:
-        """A copy with every Sigma computed once and stored as a constant: ONNX has no matrix
-        exponential, and the exported graph then holds plain matmuls (U Sigma folds at export)."""
+        """A copy with every Sigma computed once and stored as a constant (ONNX has no matrix
+        exponential), and each U Sigma product stored as one weight (`LowRankLinear.fold`): the
+        exported graph holds plain matmuls with constant weights, as a dense layer's."""
         exported = copy.deepcopy(self).eval()
         for module in exported.modules():
             if isinstance(module, OrthogonalMatrix):
                 module.freeze()
+        for module in exported.modules():
+            if isinstance(module, LowRankLinear):
+                module.fold()
         return exported
 
 
