@@ -404,11 +404,18 @@ def _source_position_grids(checkpoint: Path) -> dict:
 def resize_position_embedding(embedding: torch.Tensor, source, target) -> torch.Tensor:
     """[1, prefix + prod(source.grid), D] -> [1, prefix + prod(target.grid), D]: the prefix (CLS)
     tokens kept, the grid part interpolated (bicubic over 2-D grids, as ViT / VATT fine-tuning
-    resize them; trilinear over 3-D frame x row x column grids)."""
+    resize them; trilinear over 3-D frame x row x column grids), or cropped / edge-extended when
+    the target's `resize` is "crop" (positions in absolute time)."""
     if source.prefix_tokens != target.prefix_tokens or len(source.grid) != len(target.grid):
         raise CheckpointError(f"cannot resize a position embedding over {source} to {target}")
     prefix, grid = embedding[:, : source.prefix_tokens], embedding[:, source.prefix_tokens :]
     dim = grid.shape[-1]
+    if target.resize == "crop":  # keep the positions both grids have; repeat the last one past the source's end
+        volume = grid.reshape(1, *source.grid, dim)
+        for axis, (have, want) in enumerate(zip(source.grid, target.grid, strict=True)):
+            index = torch.arange(want, device=grid.device).clamp(max=have - 1)
+            volume = volume.index_select(axis + 1, index)
+        return torch.cat([prefix, volume.reshape(1, -1, dim)], dim=1)
     volume = grid.reshape(1, *source.grid, dim).movedim(-1, 1).float()  # [1, D, *grid]
     mode = {1: "linear", 2: "bicubic", 3: "trilinear"}[len(source.grid)]
     resized = torch.nn.functional.interpolate(volume, size=tuple(target.grid), mode=mode, align_corners=False)

@@ -447,8 +447,10 @@ def test_state_dict_round_trips_for_every_sharing_mode(sharing, make_audio, make
 
 
 def test_time_embeddings_resize_for_a_longer_clip(tmp_path):
-    """init_from: a model of 2-s clips (4 units) initialises one of 3-s clips (6 units); the
-    three time embeddings [1, 1 + T, D] are interpolated over T, the BOS slot kept."""
+    """init_from: a model of 2-s clips (4 units) initialises one of 3-s clips (6 units) and one
+    of 1-s clips (2 units); the three time embeddings [1, 1 + T, D] keep the BOS slot and the
+    units both have (each position is a unit of time: cropped, not interpolated), and the longer
+    clip repeats the last pretrained unit's embedding."""
     from training.checkpoint import LAST, RUN_FILE, RunInfo, init_from, save_checkpoint, write_json
 
     short = rotate(tiny(seed=0))
@@ -466,10 +468,14 @@ def test_time_embeddings_resize_for_a_longer_clip(tmp_path):
     for name in names:
         assert target[name].shape == (1, 7, long.config.dim)
         assert torch.equal(target[name][:, :1], source[name][:, :1])
-        expected = F.interpolate(source[name][:, 1:].transpose(1, 2), size=6, mode="linear", align_corners=False)
-        torch.testing.assert_close(target[name][:, 1:], expected.transpose(1, 2))
+        torch.testing.assert_close(target[name][:, 1:5], source[name][:, 1:5], rtol=0, atol=0)
+        torch.testing.assert_close(target[name][:, 5:7], source[name][:, 4:5].expand(-1, 2, -1), rtol=0, atol=0)
     for name in ("low_rank_bases.fc1.weight", "transformers.video.layers.0.key.rotation.generator", "audio_cnn.proj.weight"):
         assert torch.equal(target[name], source[name]), name
+    shorter = tiny(seed=2, clip_seconds=1.0, num_frames=8)
+    init_from(shorter, tmp_path)
+    for name in names:
+        assert torch.equal(shorter.state_dict()[name], source[name][:, :3])
 
 
 # ---- the recipe pattern for the orthogonal parameters --------------------------------------------

@@ -164,10 +164,16 @@ class Encoded:
 class PositionGrid:
     """A learned position embedding [1, prefix_tokens + prod(grid), D] laid out over a token grid
     (e.g. audio (time patches, frequency patches), video (frames, rows, columns)); `prefix_tokens`
-    (a CLS token) are kept as they are when the grid is resized."""
+    (a CLS token) are kept as they are when the grid is resized.
+
+    `resize` says how a pretrained embedding of another grid is fitted (training/checkpoint.py):
+    "interpolate" (patch grids: the same field of view cut finer or coarser) or "crop" (positions
+    that are absolute units of time, such as PEMT's one token per second: a 30-s model's first 10
+    seconds serve a 10-s clip, and a longer clip repeats the last position it has)."""
 
     grid: tuple[int, ...]
     prefix_tokens: int = 0
+    resize: str = "interpolate"
 
 
 class AVClassifier(nn.Module, abc.ABC):

@@ -634,8 +634,11 @@ class PEMT(AVClassifier):
 
     def position_embeddings(self) -> dict[str, PositionGrid]:
         """The time embeddings over T units (plus the BOS slot), so a model pretrained on 30-s
-        clips initialises one for 10-s clips (App. A)."""
-        return {f"inputs.{name}.time": PositionGrid((self.config.num_units,), prefix_tokens=1) for name in self.inputs}
+        clips initialises one for 10-s clips (App. A). Cropped, not interpolated: each position
+        is one second, so a 10-s clip takes the pretrained seconds 1..10 (interpolating would give
+        its second t the embedding of second 3t)."""
+        grid = PositionGrid((self.config.num_units,), prefix_tokens=1, resize="crop")
+        return {f"inputs.{name}.time": grid for name in self.inputs}
 
     def export_module(self) -> PEMT:
         """A copy with every Sigma computed once and stored as a constant (ONNX has no matrix
