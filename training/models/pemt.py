@@ -496,7 +496,11 @@ class PEMT(AVClassifier):
         self._init_transformer_weights()
 
     def _init_transformer_weights(self) -> None:
-        """BERT's N(0, 0.02) for dense and shared-basis weights; V^T orthogonal-ish via the same."""
+        """BERT's N(0, 0.02) for every dense weight (the paper gives no initialisation). A
+        factorised weight is different: normalize(V^T x) is a unit vector whatever V's scale, so
+        V^T gets N(0, 1/in) (any scale would do) and U gets N(0, 1/rank), which makes each
+        output coordinate of U Sigma normalize(V^T x) of variance 1/rank, independent of the
+        input's size (our choice)."""
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
@@ -505,8 +509,6 @@ class PEMT(AVClassifier):
         if self.low_rank_bases is not None:
             for module in self.modules():
                 if isinstance(module, LowRankLinear):
-                    # normalize(V^T x) has unit norm: scale U so U Sigma keeps a layer's output at
-                    # the size a dense N(0, 0.02) weight gives (|y| ~ 0.02 sqrt(in) |x| / sqrt(in))
                     nn.init.normal_(module.down.weight, std=1.0 / math.sqrt(module.down.in_features))
             for up in self.low_rank_bases.values():
                 nn.init.normal_(up.weight, std=1.0 / math.sqrt(up.in_features))
