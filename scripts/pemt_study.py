@@ -13,8 +13,11 @@ prediction has nothing to learn there (docs/synthetic-data.md).
    MEP top-1 and CPP accuracy (`avserve evaluate` on the pretraining run).
 2. Finetunes each pretrained model and the paper's model (part) from random initialisation, at
    equal steps with the `pemt_finetune` recipe (AMSGrad AdamW, App. A.4).
-3. Scores each finetuned model's served answer per route on the test split (audio+video, the
-   audio graph, the video graph; scripts/compare_routes.py's scoring).
+3. Linear probes (`--linear-probe`: CNNs and transformers frozen, only the MLP heads trained)
+   from each pretrained model and from random initialisation, at equal steps: a cheaper and
+   less noisy read of what each pretraining put into the features than full finetuning.
+4. Scores each finetuned or probed model's served answer per route on the test split
+   (audio+video, the audio graph, the video graph; scripts/compare_routes.py's scoring).
 
 Prints markdown tables (docs/models.md, "PEMT"); `--json` the raw numbers. Runs are reused when
 their last.pt exists, so an interrupted study continues where it stopped.
@@ -72,7 +75,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--pretrain-lr", type=float, default=1e-3, help="the pemt recipe's 1e-4 is for batch 256 and 220k steps")
     parser.add_argument("--finetune-lr", type=float, default=None, help="default: the pemt_finetune recipe's (1e-3)")
+    parser.add_argument("--probe-steps", type=int, default=300)
     parser.add_argument("--only", nargs="*", default=None, help="pretraining variants to run (default: all)")
+    parser.add_argument("--finetune", nargs="*", default=None, help="finetuning starts to run (default: all; none: --finetune)")
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
@@ -81,7 +86,7 @@ def main() -> None:
 
     common = dict(model=args.model, data=args.data, batch_size=args.batch_size, workers=args.workers, seed=args.seed, progress=False)
     variants = {k: v for k, v in PRETRAININGS.items() if args.only is None or k in args.only}
-    report: dict = {"pretraining": {}, "finetuning": {}}
+    report: dict = {"pretraining": {}, "finetuning": {}, "probes": {}}
     for name, (overrides, options) in variants.items():
         run = train(
             TrainConfig(
@@ -98,6 +103,8 @@ def main() -> None:
     starts = {f"pretrained ({name})": (overrides, args.out / f"pretrain_{slug(name)}") for name, (overrides, _) in variants.items()}
     starts.update({f"scratch ({name})": (overrides, None) for name, overrides in SCRATCH.items()})
     for name, (overrides, init) in starts.items():
+        if args.finetune is not None and name not in args.finetune:
+            continue
         run = train(
             TrainConfig(
                 **common, out=args.out / f"finetune_{slug(name)}", objective="supervised", recipe="pemt_finetune",
@@ -106,6 +113,17 @@ def main() -> None:
             )
         )  # fmt: skip
         report["finetuning"][name] = {route: score_route(run, args.data, "test", route, zero_fill=False) for route in ("av", "audio", "video")}
+
+    probes = {f"pretrained ({name})": (overrides, args.out / f"pretrain_{slug(name)}") for name, (overrides, _) in variants.items()}
+    probes["random init (part)"] = (SCRATCH["part"], None)
+    for name, (overrides, init) in probes.items() if args.probe_steps > 0 else ():
+        run = train(
+            TrainConfig(
+                **common, out=args.out / f"probe_{slug(name)}", objective="supervised", linear_probe=True,
+                overrides=overrides, init_from=init, steps=args.probe_steps, eval_every=args.probe_steps,
+            )
+        )  # fmt: skip
+        report["probes"][name] = {route: score_route(run, args.data, "test", route, zero_fill=False) for route in ("av", "audio", "video")}
 
     if args.json:
         print(json.dumps(report, indent=2, default=float))
@@ -120,14 +138,17 @@ def main() -> None:
             f"| {name} | {f.get('loss/mep', nan):.3f} -> {l.get('loss/mep', nan):.3f} | {f.get('loss/cpp', nan):.3f} -> {l.get('loss/cpp', nan):.3f} "
             f"| {t.get('mep_top1', nan):.3f} | {t.get('cpp_accuracy', nan):.3f} | {t.get('mep', nan):.3f} / {t.get('cpp', nan):.3f} |"
         )
-    print(f"\n| finetuned {args.finetune_steps} steps (test) | audio+video top-1 | audio graph: top-1 / right sound | video graph: top-1 / right shape |")
-    print("|---|---|---|---|")
-    for name, routes in report["finetuning"].items():
-        cells = [f"{routes['av']['top1']:.3f}"]
-        for route in ("audio", "video"):
-            cell = routes[route]
-            cells.append(f"{cell['top1']:.3f} / {cell.get('factor', {}).get('accuracy', nan):.2f}")
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    for title, table in ((f"finetuned {args.finetune_steps} steps", report["finetuning"]), (f"linear probe {args.probe_steps} steps", report["probes"])):
+        if not table:
+            continue
+        print(f"\n| {title} (test) | audio+video top-1 | audio graph: top-1 / right sound | video graph: top-1 / right shape |")
+        print("|---|---|---|---|")
+        for name, routes in table.items():
+            cells = [f"{routes['av']['top1']:.3f}"]
+            for route in ("audio", "video"):
+                cell = routes[route]
+                cells.append(f"{cell['top1']:.3f} / {cell.get('factor', {}).get('accuracy', nan):.2f}")
+            print(f"| {name} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
