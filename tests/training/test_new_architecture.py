@@ -168,7 +168,7 @@ def test_objectives_reject_what_they_cannot_train(tmp_path, synth_dir):
         _train(tmp_path, synth_dir, "bad", objective="masked", objective_options={"mask_ratio_video": 1.0})
     with pytest.raises(TrainError, match="has no option.*decoder_width.*decoder_depth"):
         _train(tmp_path, synth_dir, "bad2", objective="masked", objective_options={"decoder_width": 8})
-    with pytest.raises(TrainError, match="unknown objective 'nope'.*contrastive, masked, supervised"):
+    with pytest.raises(TrainError, match="unknown objective 'nope'.*contrastive, masked, pemt_mep_cpp, supervised"):
         _train(tmp_path, synth_dir, "bad3", objective="nope")
     # each was refused before the run directory was made
     assert not any((tmp_path / n).exists() for n in ("bad", "bad2", "bad3"))
