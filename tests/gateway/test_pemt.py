@@ -17,8 +17,9 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from gateway_helpers import NUM_LABELS, post_clip, wait_until_ready
-from test_mbt import KINDS, assert_scores, decoded_inputs, reference, softmax  # noqa: F401  (reference: a fixture)
+from gateway_helpers import wait_until_ready
+from test_mbt import decoded_inputs, reference  # noqa: F401  (reference: a fixture)
+from test_vatt import assert_every_upload_kind_answered_by_its_graph, assert_models_say_the_unimodal_graphs_are_heads
 
 from avserve.repository import load_model_spec
 from avserve.triton import LocalTriton
@@ -83,33 +84,9 @@ def test_the_exported_model_has_rotated_sigmas(pemt_repository):
 
 @pytest.mark.parametrize("pemt_gateway", BACKENDS, indirect=True)
 def test_every_upload_kind_is_answered_by_its_graph(pemt_gateway, pemt_repository, clips, reference):
-    import torch
-
+    """...and the torch model it is compared with computes its Sigma = expm(A - A^T), not a frozen copy."""
     repository, model = pemt_repository
-    backend = pemt_gateway.settings.backend
-    with pemt_gateway.client() as client:
-        for kind, (suffix, used) in KINDS.items():
-            clip = getattr(clips, kind)
-            model_dir = repository / f"{PEMT}_{suffix}"
-            response = post_clip(client, clip, top_k=NUM_LABELS)
-            assert response.status_code == 200, response.text
-            body = response.json()
-            unimodal = None if kind == "av" else "head"
-            assert body["model"] == {"name": model_dir.name, "version": "1", "family": PEMT, "backend": backend, "unimodal": unimodal}
-            assert body["modalities"] == {"present": used, "used": used, "zero_filled": [], "degraded": False}
-            expected = reference(model_dir, clip)
-            labels = load_model_spec(model_dir).labels
-            assert_scores(body["predictions"], expected["logits"], labels)
-            assert set(body["heads"]) == HEADS[model_dir.name]
-            for head, top in body["heads"].items():
-                assert_scores(top, expected[f"head_{head}"], labels)
-            # and the graph is the torch model's (its Sigma = expm(A - A^T) computed, not frozen):
-            # every head, and their mean as the answer
-            with torch.no_grad():
-                out = model(**{name: torch.from_numpy(x) for name, x in decoded_inputs(model_dir, clip).items()})
-            np.testing.assert_allclose(softmax(out["logits"][0].numpy()), expected["logits"], rtol=0, atol=1e-4)
-            for head in HEADS[model_dir.name]:
-                np.testing.assert_allclose(softmax(out[head][0].numpy()), expected[f"head_{head}"], rtol=0, atol=1e-4)
+    assert_every_upload_kind_answered_by_its_graph(pemt_gateway, repository, model, PEMT, HEADS, clips, reference)
 
 
 def test_unimodal_answers_are_the_av_answers_heads(pemt_repository, clips, reference):
@@ -126,13 +103,7 @@ def test_unimodal_answers_are_the_av_answers_heads(pemt_repository, clips, refer
 
 @pytest.mark.parametrize("pemt_gateway", BACKENDS, indirect=True)
 def test_models_say_the_unimodal_graphs_are_heads(pemt_gateway):
-    with pemt_gateway.client() as client:
-        body = client.get("/v1/models").json()
-    models = {m["name"]: m for m in body["models"]}
-    assert set(models) == set(HEADS)
-    assert {name: m["unimodal"] for name, m in models.items()} == {f"{PEMT}_av": None, f"{PEMT}_audio": "head", f"{PEMT}_video": "head"}
-    assert {name: set(m["heads"]) for name, m in models.items()} == HEADS
-    assert {m["architecture"] for m in models.values()} == {"pemt"}
+    body = assert_models_say_the_unimodal_graphs_are_heads(pemt_gateway, PEMT, HEADS, "pemt")
     assert {f["name"]: f["routes"] for f in body["families"]} == {
         PEMT: {"audio+video": f"{PEMT}_av", "audio": f"{PEMT}_audio", "video": f"{PEMT}_video"}
     }

@@ -47,32 +47,53 @@ def vatt_gateway(request):
 BACKENDS = ["embedded", pytest.param("triton", marks=pytest.mark.slow)]
 
 
-@pytest.mark.parametrize("vatt_gateway", BACKENDS, indirect=True)
-def test_every_upload_kind_is_answered_by_its_graph(vatt_gateway, vatt_repository, clips, reference):
+def assert_every_upload_kind_answered_by_its_graph(gateway, repository, model, family, heads, clips, reference) -> None:
+    """For a family whose unimodal graphs are `head` graphs (VATT, PEMT): each upload kind is
+    answered by its own graph, with the scores onnxruntime gives on the decoded tensors, and those
+    are the torch model's (every head, and their mean as the answer)."""
     import torch
 
-    repository, model = vatt_repository
-    backend = vatt_gateway.settings.backend
-    with vatt_gateway.client() as client:
+    backend = gateway.settings.backend
+    with gateway.client() as client:
         for kind, (suffix, used) in KINDS.items():
             clip = getattr(clips, kind)
-            model_dir = repository / f"{VATT}_{suffix}"
+            model_dir = repository / f"{family}_{suffix}"
             response = post_clip(client, clip, top_k=NUM_LABELS)
             assert response.status_code == 200, response.text
             body = response.json()
             unimodal = None if kind == "av" else "head"
-            assert body["model"] == {"name": model_dir.name, "version": "1", "family": VATT, "backend": backend, "unimodal": unimodal}
+            assert body["model"] == {"name": model_dir.name, "version": "1", "family": family, "backend": backend, "unimodal": unimodal}
             assert body["modalities"] == {"present": used, "used": used, "zero_filled": [], "degraded": False}
             expected = reference(model_dir, clip)
             labels = load_model_spec(model_dir).labels
             assert_scores(body["predictions"], expected["logits"], labels)
-            assert set(body["heads"]) == HEADS[model_dir.name]
+            assert set(body["heads"]) == heads[model_dir.name]
             for head, top in body["heads"].items():
                 assert_scores(top, expected[f"head_{head}"], labels)
-            # and the graph is the torch model's: its heads, and their mean as the answer
             with torch.no_grad():
                 out = model(**{name: torch.from_numpy(x) for name, x in decoded_inputs(model_dir, clip).items()})
             np.testing.assert_allclose(softmax(out["logits"][0].numpy()), expected["logits"], rtol=0, atol=1e-4)
+            for head in heads[model_dir.name]:
+                np.testing.assert_allclose(softmax(out[head][0].numpy()), expected[f"head_{head}"], rtol=0, atol=1e-4)
+
+
+def assert_models_say_the_unimodal_graphs_are_heads(gateway, family, heads, architecture) -> dict:
+    """/v1/models lists the family's three models with their heads, `unimodal: head` on the two
+    unimodal ones; returns the response body."""
+    with gateway.client() as client:
+        body = client.get("/v1/models").json()
+    models = {m["name"]: m for m in body["models"]}
+    assert set(models) == set(heads)
+    assert {name: m["unimodal"] for name, m in models.items()} == {f"{family}_av": None, f"{family}_audio": "head", f"{family}_video": "head"}
+    assert {name: set(m["heads"]) for name, m in models.items()} == heads
+    assert {m["architecture"] for m in models.values()} == {architecture}
+    return body
+
+
+@pytest.mark.parametrize("vatt_gateway", BACKENDS, indirect=True)
+def test_every_upload_kind_is_answered_by_its_graph(vatt_gateway, vatt_repository, clips, reference):
+    repository, model = vatt_repository
+    assert_every_upload_kind_answered_by_its_graph(vatt_gateway, repository, model, VATT, HEADS, clips, reference)
 
 
 def test_unimodal_answers_are_the_av_answers_heads(vatt_embedded, vatt_repository, clips, reference):
@@ -87,10 +108,4 @@ def test_unimodal_answers_are_the_av_answers_heads(vatt_embedded, vatt_repositor
 
 @pytest.mark.parametrize("vatt_gateway", BACKENDS, indirect=True)
 def test_models_say_the_unimodal_graphs_are_heads(vatt_gateway):
-    with vatt_gateway.client() as client:
-        body = client.get("/v1/models").json()
-    models = {m["name"]: m for m in body["models"]}
-    assert set(models) == set(HEADS)
-    assert {name: m["unimodal"] for name, m in models.items()} == {f"{VATT}_av": None, f"{VATT}_audio": "head", f"{VATT}_video": "head"}
-    assert {name: set(m["heads"]) for name, m in models.items()} == HEADS
-    assert {m["architecture"] for m in models.values()} == {"vatt"}
+    assert_models_say_the_unimodal_graphs_are_heads(vatt_gateway, VATT, HEADS, "vatt")
