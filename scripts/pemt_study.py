@@ -31,7 +31,8 @@ import sys
 from pathlib import Path
 
 import torch
-from compare_routes import score_route  # the script next to this one
+from compare_routes import score_route  # the scripts next to this one
+from vatt_linear_probe import logged_losses
 
 from training.evaluate import evaluate_objective
 from training.trainer import TrainConfig, Trainer
@@ -48,13 +49,6 @@ LOSS_KEYS = ("step", "loss/mep", "loss/cpp", "mep_top1", "cpp_accuracy")
 
 def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
-
-
-def logged(run: Path) -> tuple[dict, dict]:
-    """The first and the last training rows of metrics.jsonl."""
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    train = [r for r in rows if r.get("kind") == "train"]
-    return train[0], train[-1]
 
 
 def train(config: TrainConfig) -> Path:
@@ -94,7 +88,7 @@ def main() -> None:
                 objective_options=options, steps=args.pretrain_steps, lr=args.pretrain_lr, eval_every=args.pretrain_steps,
             )
         )  # fmt: skip
-        first, last = logged(run)
+        first, last = logged_losses(run)
         report["pretraining"][name] = {
             "first": {k: first[k] for k in LOSS_KEYS if k in first},
             "last": {k: last[k] for k in LOSS_KEYS if k in last},
