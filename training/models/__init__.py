@@ -10,7 +10,7 @@
 The common interface is documented in training/models/base.py.
 """
 
-from . import mbt, pemt, vatt, zorro  # noqa: F401  (importing an architecture module registers its presets)
+from . import avmae, mbt, pemt, vatt, zorro  # noqa: F401  (importing an architecture module registers its presets)
 from .base import AUDIO, AUDIO_ONLY, AUDIO_VIDEO, HEAD_OUTPUT_PREFIX, LOGITS_KEY, VIDEO, VIDEO_ONLY, AVClassifier, AVConfig, ModalityGraph
 from .mbt import MBT, MBTConfig
 from .registry import create_model, get_model_config, list_models, register_model

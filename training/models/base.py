@@ -106,7 +106,7 @@ from avserve.contract import (
     head_output,
 )
 
-from .layers import InputAugmentation, LearnedPositionEmbedding, patchify
+from .layers import InputAugmentation, LearnedPositionEmbedding, patchify, patchify_tubelets, unpatchify_tubelets
 
 __all__ = [
     "AUDIO",
@@ -361,14 +361,20 @@ class AVClassifier(nn.Module, abc.ABC):
 
 
 class PatchGrid:
-    """Token counts and checks for ViT-style configs that cut each RGB frame and the log-mel
-    spectrogram [spectrogram_frames, n_mels] into non-overlapping patch_size x patch_size patches
-    (Zorro Fig. 2, MBT Sec. 3.1). Mixed into a config dataclass that has those fields."""
+    """Token counts and checks for ViT-style configs that cut the log-mel spectrogram
+    [spectrogram_frames, n_mels] into non-overlapping patch_size x patch_size patches and the RGB
+    frames into tubelet_frames x patch_size x patch_size tubelets (Zorro Fig. 2, MBT Sec. 3.1:
+    one frame per patch; AV-MAE Sec. 4.1: 2 x 16 x 16). Mixed into a config dataclass that has
+    those fields (tubelet_frames is optional: 1 when the config has no such field)."""
+
+    tubelet_frames = 1
 
     def check_patch_grid(self) -> None:
         for name in ("spectrogram_frames", "n_mels", "image_size"):
             if getattr(self, name) % self.patch_size:
                 raise ValueError(f"{name}={getattr(self, name)} is not a multiple of patch_size={self.patch_size}")
+        if self.tubelet_frames < 1 or self.num_frames % self.tubelet_frames:
+            raise ValueError(f"num_frames={self.num_frames} is not a multiple of tubelet_frames={self.tubelet_frames}")
 
     @property
     def audio_patch_grid(self) -> tuple[int, int]:
@@ -377,9 +383,9 @@ class PatchGrid:
 
     @property
     def video_patch_grid(self) -> tuple[int, int, int]:
-        """(frames, rows, columns)."""
+        """(tubelets along time, rows, columns)."""
         side = self.image_size // self.patch_size
-        return self.num_frames, side, side
+        return self.num_frames // self.tubelet_frames, side, side
 
     @property
     def num_audio_patches(self) -> int:
@@ -397,14 +403,14 @@ class PatchGrid:
 
     @property
     def video_patch_dim(self) -> int:
-        return 3 * self.patch_size**2  # RGB
+        return 3 * self.tubelet_frames * self.patch_size**2  # RGB
 
 
 class PatchTokens:
-    """The token-level sizes and targets of a ViT-style classifier (Zorro, MBT) whose config is a
-    PatchGrid and which has `log_mel` (LogMelFrontend) and `pixel_norm` (PixelNormalizer): audio
-    tokens are patch_size^2 log-mel patches (time-major), video tokens patch_size^2 RGB patches
-    of each frame (frame-major). Mixed into the model class."""
+    """The token-level sizes and targets of a ViT-style classifier (Zorro, MBT, AV-MAE) whose config
+    is a PatchGrid and which has `log_mel` (LogMelFrontend) and `pixel_norm` (PixelNormalizer):
+    audio tokens are patch_size^2 log-mel patches (time-major), video tokens RGB tubelets
+    (time-major; one frame each unless the config's tubelet_frames > 1). Mixed into the model class."""
 
     @property
     def token_counts(self) -> dict[str, int]:
@@ -414,16 +420,33 @@ class PatchTokens:
     def patch_dims(self) -> dict[str, int]:
         return {AUDIO: self.config.audio_patch_dim, VIDEO: self.config.video_patch_dim}
 
+    @property
+    def token_grids(self) -> dict[str, tuple[int, ...]]:
+        """Each modality's token grid: audio (time, frequency), video (time, rows, columns)."""
+        return {AUDIO: self.config.audio_patch_grid, VIDEO: self.config.video_patch_grid}
+
     def patch_targets(self, audio: Tensor | None = None, video: Tensor | None = None) -> dict[str, Tensor]:
         """The clean log-mel (no SpecAugment, no jitter) and normalised pixels under each token."""
-        size = self.config.patch_size
+        cfg = self.config
         targets = {}
         if audio is not None:
-            targets[AUDIO] = patchify(self.log_mel(audio).unsqueeze(1), size)
+            targets[AUDIO] = patchify(self.log_mel(audio).unsqueeze(1), cfg.patch_size)
         if video is not None:
-            per_frame = patchify(self.pixel_norm(video), size)  # [B*T, h*w, 3*p*p]
-            targets[VIDEO] = per_frame.reshape(video.shape[0], -1, per_frame.shape[-1])
+            frames = self.pixel_norm(video)  # [B*T, 3, H, W]
+            voxels = frames.reshape(video.shape[0], -1, *frames.shape[1:]).transpose(1, 2)
+            targets[VIDEO] = patchify_tubelets(voxels, cfg.tubelet_frames, cfg.patch_size)
         return targets
+
+    def unpatchify(self, modality: str, patches: Tensor) -> Tensor:
+        """patch_targets' inverse, for pictures: audio [B, N, p*p] -> log-mel [B, frames, n_mels];
+        video [B, N, 3*t*p*p] -> normalised frames [B, T, 3, H, W]."""
+        cfg = self.config
+        if modality == AUDIO:
+            time, frequency = cfg.audio_patch_grid
+            grid = patches.reshape(patches.shape[0], time, frequency, cfg.patch_size, cfg.patch_size)
+            return grid.permute(0, 1, 3, 2, 4).reshape(patches.shape[0], time * cfg.patch_size, frequency * cfg.patch_size)
+        voxels = unpatchify_tubelets(patches, cfg.video_patch_grid, 3, cfg.tubelet_frames, cfg.patch_size)
+        return voxels.transpose(1, 2)
 
 
 def position_grid(embedding: LearnedPositionEmbedding, grid: tuple[int, ...]) -> PositionGrid:

@@ -5,8 +5,9 @@ Input front-ends (inside every exported graph):
     PixelNormalizer    uint8/float RGB [B, T, H, W, 3] -> normalised [B*T, 3, H, W]
 Training-only spectrogram augmentation (identity in eval mode, hence in export; an objective
 can switch it off):
-    InputAugmentation (their base), SpecAugment, FrequencyJitter
-Patches: patchify (a patch's raw values: masked reconstruction's targets), PatchEmbed2d
+    InputAugmentation (their base), SpecAugment, FrequencyJitter, RandomTimeShift
+Patches: patchify / patchify_tubelets (a patch's raw values: masked reconstruction's targets),
+    unpatchify_tubelets (back to frames, for pictures), PatchEmbed2d, TubeletEmbed
 Transformer parts:
     LearnedPositionEmbedding, Mlp, MultiHeadSelfAttention (boolean mask),
     TransformerBlock (pre-LN), CrossAttentionBlock (decoder), GroupedTransformerLayer
@@ -254,6 +255,21 @@ class FrequencyJitter(InputAugmentation):
         return torch.where(inside, shifted, silence)
 
 
+class RandomTimeShift(InputAugmentation):
+    """Circularly shifts each example's log-mel [B, frames, n_mels] along time by an offset drawn
+    uniformly from [0, frames) (AV-MAE Tables 17-18, "random time shifting", after the MBT code's
+    finetuning augmentation): what falls off the end comes back at the start, so no frame is lost
+    and no silence is invented. Identity in eval mode."""
+
+    def forward(self, log_mel: Tensor) -> Tensor:
+        if not self.active():
+            return log_mel
+        b, frames, bins = log_mel.shape
+        offset = torch.randint(0, frames, (b, 1, 1), device=log_mel.device)
+        source = (torch.arange(frames, device=log_mel.device).view(1, frames, 1) - offset).remainder(frames)
+        return torch.gather(log_mel, 1, source.expand(b, frames, bins))  # out[k] = in[(k - offset) mod frames]
+
+
 # --------------------------------------------------------------------------------------
 # Transformer parts
 # --------------------------------------------------------------------------------------
@@ -278,6 +294,49 @@ def patchify(x: Tensor, patch_size: int) -> Tensor:
     p = patch_size
     patches = x.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
     return patches.reshape(n, (h // p) * (w // p), c * p * p)
+
+
+def patchify_tubelets(voxels: Tensor, frames: int, patch_size: int) -> Tensor:
+    """[B, C, T, H, W] -> [B, (T/t)*(H/p)*(W/p), C*t*p*p]: each non-overlapping t x p x p tubelet's
+    values, tubelets time-major then row-major, each laid out (channel, time, row, column) as a
+    Conv3d of that kernel reads it, so TubeletEmbed equals a linear map of these. With t = 1 the
+    layout is patchify's, frame after frame."""
+    b, c, time, h, w = voxels.shape
+    t, p = frames, patch_size
+    x = voxels.reshape(b, c, time // t, t, h // p, p, w // p, p).permute(0, 2, 4, 6, 1, 3, 5, 7)
+    return x.reshape(b, (time // t) * (h // p) * (w // p), c * t * p * p)
+
+
+def unpatchify_tubelets(patches: Tensor, grid: tuple[int, int, int], channels: int, frames: int, patch_size: int) -> Tensor:
+    """The inverse of patchify_tubelets: [B, N, C*t*p*p] over a (T/t, H/p, W/p) grid -> [B, C, T, H, W]."""
+    b = patches.shape[0]
+    gt, gh, gw = grid
+    t, p = frames, patch_size
+    x = patches.reshape(b, gt, gh, gw, channels, t, p, p).permute(0, 4, 1, 5, 2, 6, 3, 7)
+    return x.reshape(b, channels, gt * t, gh * p, gw * p)
+
+
+class TubeletEmbed(nn.Module):
+    """Normalised frames [B*T, 3, H, W] of B clips -> tokens [B, (T/t)*(H/p)*(W/p), dim] (time-major).
+
+    t = 1: one p x p patch per frame (ViT on each frame: Zorro, MBT Sec. 3.1) as a Conv2d; t > 1:
+    t x p x p tubelets (ViViT's tubelet embedding, AV-MAE Sec. 4.1: 2 x 16 x 16) as a Conv3d."""
+
+    def __init__(self, in_channels: int, dim: int, patch_size: int, frames: int = 1):
+        super().__init__()
+        self.frames = frames
+        if frames == 1:
+            self.proj: nn.Module = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        else:
+            kernel = (frames, patch_size, patch_size)
+            self.proj = nn.Conv3d(in_channels, dim, kernel_size=kernel, stride=kernel)
+
+    def forward(self, frames: Tensor, batch: int) -> Tensor:
+        if self.frames == 1:
+            per_frame = self.proj(frames).flatten(2).transpose(1, 2)  # [B*T, h*w, dim]
+            return per_frame.reshape(batch, -1, per_frame.shape[-1])
+        voxels = frames.reshape(batch, -1, *frames.shape[1:]).transpose(1, 2)  # [B, 3, T, H, W]
+        return self.proj(voxels).flatten(2).transpose(1, 2)
 
 
 class PatchEmbed2d(nn.Module):

@@ -61,8 +61,10 @@ from .layers import (
     LogMelFrontend,
     PatchEmbed2d,
     PixelNormalizer,
+    RandomTimeShift,
     SpecAugment,
     TransformerBlock,
+    TubeletEmbed,
     init_vit_weights,
     masked_attention,
 )
@@ -103,6 +105,9 @@ class MBTConfig(PatchGrid, AVConfig):
 
     # --- ViT-B/16 per stream (Sec. 4.2 footnote; digest B1.3: width 768, MLP 3072) ---
     patch_size: int = 16  # "non-overlapping 16x16 patches" for frames and spectrogram
+    # Frames per video token: 1 (Sec. 3.1, a 16x16 patch of one frame) or 2 to take the 2x16x16
+    # tubelets of an AV-MAE encoder (AV-MAE Sec. 4.1: it finetunes audio-visually as an MBT).
+    tubelet_frames: int = 1
     dim: int = 768
     depth: int = 12
     num_heads: int = 12
@@ -121,6 +126,9 @@ class MBTConfig(PatchGrid, AVConfig):
     specaug_freq_width: int = 48  # "max frequency mask length of 48 bins"
     specaug_time_masks: int = 1
     specaug_freq_masks: int = 1
+    # Random circular time shift of the spectrogram in training (AV-MAE Tables 17-18, Epic-Kitchens
+    # and AudioSet finetuning; not in MBT's own recipe).
+    spec_time_shift: bool = False
 
     def __post_init__(self) -> None:
         if self.fusion not in FUSIONS:
@@ -154,11 +162,15 @@ class MBT(PatchTokens, AVClassifier):
 
         self.log_mel = LogMelFrontend.from_config(cfg)
         self.spec_augment = SpecAugment.from_config(cfg)
+        self.time_shift = RandomTimeShift() if cfg.spec_time_shift else nn.Identity()
         self.pixel_norm = PixelNormalizer(cfg.pixel_mean, cfg.pixel_std)
 
         # Eq. 1 per modality: [z_cls, E x_1 .. E x_N] + p, with its own E, z_cls and p.
         self.patch_embed = nn.ModuleDict(
-            {VIDEO: PatchEmbed2d(3, cfg.dim, cfg.patch_size), AUDIO: PatchEmbed2d(1, cfg.dim, cfg.patch_size)}
+            {
+                VIDEO: TubeletEmbed(3, cfg.dim, cfg.patch_size, cfg.tubelet_frames),
+                AUDIO: PatchEmbed2d(1, cfg.dim, cfg.patch_size),
+            }
         )
         self.cls_token = nn.ParameterDict({m: nn.Parameter(torch.zeros(1, 1, cfg.dim)) for m in STREAMS})
         self.pos_embed = nn.ModuleDict(
@@ -242,12 +254,11 @@ class MBT(PatchTokens, AVClassifier):
     # --- stages ------------------------------------------------------------------------
 
     def audio_patches(self, audio: Tensor) -> Tensor:
-        spectrogram = self.spec_augment(self.log_mel(audio)).unsqueeze(1)  # [B, 1, T, n_mels]
+        spectrogram = self.spec_augment(self.time_shift(self.log_mel(audio))).unsqueeze(1)  # [B, 1, T, n_mels]
         return self.patch_embed[AUDIO](spectrogram)
 
     def video_patches(self, video: Tensor) -> Tensor:
-        per_frame = self.patch_embed[VIDEO](self.pixel_norm(video))  # [B*T, h*w, dim]
-        return per_frame.reshape(video.shape[0], -1, self.config.dim)
+        return self.patch_embed[VIDEO](self.pixel_norm(video), video.shape[0])
 
     def prepend_cls(self, stream: str, tokens: Tensor) -> Tensor:
         """[z_cls + p_0, tokens...]: the stream's CLS token at position 0 before its tokens."""
@@ -397,3 +408,17 @@ def mbt_tiny_late() -> MBTConfig:
 @register_model(MBT)
 def mbt_tiny_cross() -> MBTConfig:
     return _tiny(fusion="cross_attention", fusion_layer=2)
+
+
+@register_model(MBT)
+def mbt_avmae_vit_b16() -> MBTConfig:
+    """The audio-visual finetuning model of AV-MAE (Sec. 4.1, Table 16): MBT with the AV-MAE
+    encoder's 2x16x16 tubelets over 32 frames at 224^2 (the 16-frame pretrained positions are
+    interpolated along time), 8-s audio, VGGSound's 309 classes; bottlenecks as in MBT."""
+    return MBTConfig(num_frames=32, tubelet_frames=2, num_classes=309, spec_time_shift=False)
+
+
+@register_model(MBT)
+def mbt_avmae_tiny() -> MBTConfig:
+    """mbt_tiny with 2-frame tubelets: what a pretrained avmae_tiny initialises by name."""
+    return _tiny(tubelet_frames=2)
