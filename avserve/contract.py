@@ -76,6 +76,7 @@ class Param:
     MISSING_MODALITY: Final = "missing_modality"  # one of MISSING_MODALITY_POLICIES
     UNIMODAL: Final = "unimodal"  # one of UNIMODAL_KINDS (unimodal graphs only)
     MODALITY_DROPOUT: Final = "modality_dropout"  # fraction of training clips made unimodal
+    PRETRAINED: Final = "pretrained"  # "<model> (<objective>)" of the run the trained one was initialised from
     PRECISION: Final = "precision"  # one of PRECISIONS; absent = fp32 as exported
 
 

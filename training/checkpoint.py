@@ -383,7 +383,10 @@ def init_from(model: torch.nn.Module, source: str | Path) -> InitReport:
             mismatched.append(f"{key}: {tuple(value.shape)} -> {tuple(own[key].shape)}")
     result = model.load_state_dict(loadable, strict=False)
     missing = [k for k in result.missing_keys]
-    unexpected = [k for k in state if k not in own]
+    # A tensor stored under several names (AV-MAE's tied layers: encoders.shared.<i> is also
+    # encoders.audio.<i> and encoders.video.<i>) is not "unexpected" when one of its names loaded.
+    loaded = {value.data_ptr() for value in loadable.values()}
+    unexpected = [k for k in state if k not in own and state[k].data_ptr() not in loaded]
     return InitReport(str(path), sorted(loadable), missing, unexpected, mismatched, resized)
 
 

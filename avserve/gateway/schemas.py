@@ -167,6 +167,15 @@ class ModelInfo(BaseModel):
             "video-only clips its training data held."
         ),
     )
+    pretrained: str | None = Field(
+        None,
+        description=(
+            "The pretraining the family's weights started from, as `<model> (<objective>)`, e.g. "
+            "`avmae_tiny (masked)`: an MBT finetuned from an audio-visual masked autoencoder, whose "
+            "unimodal graphs are its streams initialised from the pretrained encoder. Null: trained from "
+            "scratch, or not recorded."
+        ),
+    )
     precision: Literal["fp32", "int8"] | None = Field(
         None,
         description=(

@@ -81,6 +81,7 @@ class ModelSpec:
     missing_modality: str
     unimodal: str | None = None  # one of UNIMODAL_KINDS, or None when the config does not say
     modality_dropout: float | None = None  # fraction of training clips made unimodal, when recorded
+    pretrained: str | None = None  # "<model> (<objective>)" the weights were initialised from, when recorded
     precision: str | None = None  # one of PRECISIONS ("int8": quantized MatMuls), None when not stated (fp32)
     labels: tuple[str, ...] = ()
     versions: tuple[int, ...] = ()
@@ -208,6 +209,7 @@ class ModelSpec:
             missing_modality=missing_modality,
             unimodal=unimodal,
             modality_dropout=modality_dropout,
+            pretrained=decode.text(Param.PRETRAINED, "") or None,
             precision=precision,
             labels=tuple(labels or ()),
             versions=tuple(sorted(versions)),

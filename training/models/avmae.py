@@ -12,8 +12,8 @@ Four ways to encode the two token sets (Sec. 3.2, Fig. 2):
   "shared"    each modality encoded on its own, by the same (tied) transformer.
 
 Every variant names its layers as MBT does: `encoders.<modality>.<i>`. A tied or joint layer is
-ONE module registered under both modalities' names, so the state dict holds it twice under the
-names MBT's streams use, and `--init-from` a pretrained AV-MAE into an MBT of the same size is
+ONE module registered under both modalities' names (and first as `encoders.shared.<i>`, the name
+`parameters()` reports), so the state dict holds it under the names MBT's streams use, and `--init-from` a pretrained AV-MAE into an MBT of the same size is
 the plain name match (Sec. 4.1: "separate encoders initialise each stream; early or shared
 encoders initialise both, which are then untied") with no conversion table. Parameter counts
 (`parameters()` de-duplicates) count a tied layer once.
@@ -77,6 +77,7 @@ from .registry import register_model
 
 STREAMS = (VIDEO, AUDIO)  # sequence order when the modalities are concatenated (video first, as MBT)
 ENCODER_FUSIONS = ("early", "separate", "mid", "shared")
+SHARED = "shared"  # the name under which tied and joint layers are registered first
 
 
 @dataclasses.dataclass
@@ -184,13 +185,14 @@ class AVMAE(PatchTokens, AVClassifier):
             return TransformerBlock(cfg.dim, cfg.num_heads, cfg.mlp_ratio, rates[index])
 
         # Layer i of modality m is encoders[m][i]; a tied or joint layer is the same module in
-        # both lists (module docstring), so MBT's names address it from either stream.
-        tied = [block(i) if self.is_shared_layer(i) else None for i in range(cfg.depth)]
-        self.encoders = nn.ModuleDict(
-            {m: nn.ModuleList(tied[i] if tied[i] is not None else block(i) for i in range(cfg.depth)) for m in STREAMS}
-        )
-        shared_norm = nn.LayerNorm(cfg.dim, eps=1e-6) if cfg.tied else None
-        self.final_norm = nn.ModuleDict({m: shared_norm or nn.LayerNorm(cfg.dim, eps=1e-6) for m in STREAMS})
+        # both lists (module docstring), so MBT's names address it from either stream. It is
+        # registered first as encoders.shared.<i>, the name parameters() reports it under: a
+        # parameter named after a modality belongs to that modality alone.
+        shared = {str(i): block(i) for i in range(cfg.depth) if self.is_shared_layer(i)}
+        streams = {m: nn.ModuleList(shared.get(str(i)) or block(i) for i in range(cfg.depth)) for m in STREAMS}
+        self.encoders = nn.ModuleDict({SHARED: nn.ModuleDict(shared), **streams} if shared else streams)
+        norms = {SHARED: nn.LayerNorm(cfg.dim, eps=1e-6)} if cfg.tied else {}
+        self.final_norm = nn.ModuleDict({**norms, **{m: norms.get(SHARED) or nn.LayerNorm(cfg.dim, eps=1e-6) for m in STREAMS}})
         self.classifier = nn.ModuleDict({m: nn.Linear(cfg.dim, cfg.num_classes) for m in self.head_names})
         self.apply(init_vit_weights)
         for token in self.cls_token.values():

@@ -35,6 +35,7 @@ def _model_info(spec: ModelSpec, backend: InferenceBackend) -> dict:
         missing_modality=spec.missing_modality,
         unimodal=spec.unimodal,
         modality_dropout=spec.modality_dropout,
+        pretrained=spec.pretrained,
         precision=spec.precision,
         sample_rate=spec.sample_rate,
         clip_seconds=spec.clip_seconds,
