@@ -1,4 +1,4 @@
-"""The training side of the command line: `avserve data`, `train`, `evaluate`, `export`, `models`.
+"""The training side of the command line: `avserve data`, `train`, `evaluate`, `pictures`, `export`, `models`.
 
 avserve's CLI (avserve/cli.py) finds this module through the `avserve.commands` entry point
 (pyproject.toml) and calls `register(app)`. The data commands are torch-free and always there;
@@ -34,7 +34,8 @@ def register(app: typer.Typer) -> None:
     """Add the training commands to avserve's CLI."""
     app.add_typer(data_app, name="data")
     has_torch = importlib.util.find_spec("torch") is not None
-    for name, command in (("train", train_command()), ("evaluate", evaluate), ("export", export), ("models", models)):
+    commands = (("train", train_command()), ("evaluate", evaluate), ("pictures", pictures), ("export", export), ("models", models))
+    for name, command in commands:
         if has_torch:
             app.command(name)(command)
         else:
@@ -278,6 +279,28 @@ def evaluate(
     for name, m in rows:
         table.add_row(name, str(m["num_clips"]), f"{m['top1']:.3f}", f"{m['top5']:.3f}", f"{m['mAP']:.3f}")
     Console().print(table)
+
+
+def pictures(
+    checkpoint: Annotated[Path, typer.Option(help="A masked-reconstruction pretraining run directory (run.json + best.pt).")],
+    data: Annotated[Path, typer.Option(help="Dataset: a manifest CSV or a directory.")],
+    out: Annotated[Path, typer.Option(help="Directory to write the PNG files into.")],
+    split: Annotated[str, typer.Option(help="Which split's clips to draw.")] = "test",
+    clips: Annotated[int, typer.Option(min=1, max=64, help="How many clips (the split's first).")] = 4,
+    which: Annotated[str, typer.Option("--checkpoint-file", help="best or last.")] = "best",
+) -> None:
+    """Draw a masked autoencoder's reconstructions: per clip, a spectrogram and a strip of frames,
+    each as original / masked / reconstruction (training/pictures.py)."""
+    from training.checkpoint import CheckpointError
+    from training.data.records import DatasetError
+    from training.pictures import pictures_for_run
+
+    try:
+        written = pictures_for_run(checkpoint, data, out, split=split, clips=clips, checkpoint=which)
+    except (CheckpointError, DatasetError, ValueError) as error:
+        fail(str(error))
+    for path in written:
+        typer.echo(str(path))
 
 
 def export(

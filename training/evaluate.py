@@ -249,6 +249,44 @@ def evaluate_run(
     return result
 
 
+def load_objective_run(run_dir: str | Path, checkpoint: str = "best"):
+    """(model, run info, objective) of a run, the objective's modules (projectors, text tower,
+    decoder) restored from the checkpoint and the model configured as the objective trains it."""
+    from training import checkpoint as ckpt
+    from training.objectives import ObjectiveSetup, get_objective
+    from training.optim import RECIPES, resolve_recipe
+
+    model, info, state = ckpt.load_run_with_state(run_dir, checkpoint)
+    objective_type = get_objective(info.objective)
+    recipe = resolve_recipe(info.recipe.get("name") if info.recipe.get("name") in RECIPES else objective_type.default_recipe(False))
+    setup = ObjectiveSetup(
+        model=model, classes=list(info.classes), multilabel=info.multilabel, recipe=recipe,
+        options=objective_type.parse_options(info.objective_options),
+    )  # fmt: skip
+    objective = objective_type(setup)
+    ckpt.load_objective_modules(objective, state, info.checkpoint)
+    objective.configure_model(model)
+    return model, info, objective
+
+
+def objective_dataset(model, info, objective, run_dir: str | Path, data: str | Path, split: str):
+    """The evaluation dataset of `split` as the run's objective reads it (its modalities, its
+    missing-modality rule, its text)."""
+    from training.data.dataset import AVClipDataset, Preprocessing
+    from training.data.records import DatasetError
+
+    selected = split_records(run_dir, info, data, split)
+    modalities = sorted(max((frozenset(m) for m in model.servable_modalities), key=len))
+    dataset = AVClipDataset(
+        selected.records, info.classes, info.multilabel, Preprocessing.from_config(model.config), train=False,
+        modalities=modalities, missing=info.train.get("missing_modality") or type(objective).default_missing,
+        text=type(objective).text_input,
+    )  # fmt: skip
+    if len(dataset) == 0:
+        raise DatasetError(f"split {split!r} of {data} has no clip with the modalities {modalities}")
+    return dataset
+
+
 def evaluate_objective(
     run_dir: str | Path,
     data: str | Path,
@@ -263,31 +301,10 @@ def evaluate_objective(
     same code the trainer's periodic evaluation runs (Objective.eval_batch / score), at the
     run's own batch size unless told otherwise: an objective whose negatives come from the batch
     (PEMT's MEP and CPP) scores differently at another size."""
-    from training import checkpoint as ckpt
-    from training.data.dataset import AVClipDataset, Preprocessing
-    from training.data.records import DatasetError
-    from training.objectives import ObjectiveSetup, StepContext, TrainingModule, concatenate, get_objective
-    from training.optim import RECIPES, resolve_recipe
+    from training.objectives import StepContext, TrainingModule, concatenate
 
-    model, info, state = ckpt.load_run_with_state(run_dir, checkpoint)
-    objective_type = get_objective(info.objective)
-    recipe = resolve_recipe(info.recipe.get("name") if info.recipe.get("name") in RECIPES else objective_type.default_recipe(False))
-    setup = ObjectiveSetup(
-        model=model, classes=list(info.classes), multilabel=info.multilabel, recipe=recipe,
-        options=objective_type.parse_options(info.objective_options),
-    )  # fmt: skip
-    objective = objective_type(setup)
-    ckpt.load_objective_modules(objective, state, info.checkpoint)
-    objective.configure_model(model)
-    selected = split_records(run_dir, info, data, split)
-    modalities = sorted(max((frozenset(m) for m in model.servable_modalities), key=len))
-    dataset = AVClipDataset(
-        selected.records, info.classes, info.multilabel, Preprocessing.from_config(model.config), train=False,
-        modalities=modalities, missing=info.train.get("missing_modality") or objective_type.default_missing,
-        text=objective_type.text_input,
-    )  # fmt: skip
-    if len(dataset) == 0:
-        raise DatasetError(f"split {split!r} of {data} has no clip with the modalities {modalities}")
+    model, info, objective = load_objective_run(run_dir, checkpoint)
+    dataset = objective_dataset(model, info, objective, run_dir, data, split)
     if batch_size is None:
         batch_size = int(info.train.get("batch_size_per_process") or 32)
     loader = evaluation_loader(dataset, batch_size, workers)

@@ -689,6 +689,7 @@ class Trainer:
             self.run_info.result = {k: summary[k] for k in ("steps", "clips_per_s", "data_share", "train_seconds")}
             self.run_info.result["best_score"] = self.best_metric if math.isfinite(self.best_metric) else None
             ckpt.write_json(self.out / ckpt.RUN_FILE, self.run_info.to_dict())
+            self._write_pictures()
             if self._log_file is not None:
                 self._log_file.close()
                 self._log_file = None
@@ -700,6 +701,25 @@ class Trainer:
             )
         D.barrier()
         return summary
+
+    PICTURE_CLIPS = 4
+
+    def _write_pictures(self) -> None:
+        """The objective's pictures of the first evaluation (else training) clips, in <run>/pictures.
+        A failure is reported, not raised: the run's checkpoints are already written."""
+        from torch.utils.data import default_collate
+
+        dataset = self.eval_set or self.train_set
+        count = min(self.PICTURE_CLIPS, len(dataset))
+        try:
+            batch = default_collate([dataset[i] for i in range(count)])
+            names = [dataset.records[i].path.stem for i in range(count)]
+            written = self.objective.write_pictures(self.model, batch, self.out / "pictures", names)
+        except Exception as error:  # noqa: BLE001 (a picture must not fail a finished run)
+            self._log(f"warning: could not draw the objective's pictures: {type(error).__name__}: {error}")
+            return
+        if written:
+            self._log(f"pictures: {len(written)} files in {self.out / 'pictures'}")
 
     def _eval_and_checkpoint(self) -> None:
         result = self.evaluate()

@@ -22,6 +22,10 @@ no objective by name. An objective says:
     eval_batch(net, batch, ctx) -> per-clip numpy arrays (the trainer gathers them over ranks)
     score(outputs) -> metrics, with "score" (higher is better: picks best.pt)
     describe(result) -> the one-line evaluation log
+    write_pictures(model, batch, directory, names)
+                             optional: pictures of what it does on a few evaluation clips
+                             (masked: reconstructions), written into <run>/pictures after
+                             training and by `avserve pictures`; [] = none to draw
 
 A new objective is one file in training/objectives/ with `@register_objective` on its class.
 """
@@ -33,6 +37,7 @@ import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -120,6 +125,11 @@ class Objective(nn.Module, abc.ABC):
     @abc.abstractmethod
     def describe(self, result: dict[str, Any]) -> str:
         """The evaluation log line after "eval@STEP [SPLIT]: "."""
+
+    def write_pictures(self, model: AVClassifier, batch: dict[str, Tensor], directory: Path, names: list[str]) -> list[Path]:
+        """Pictures of what the objective does on `batch` (one clip per name), written into
+        `directory`; the files written ([] when the objective has nothing to draw)."""
+        return []
 
     @classmethod
     def parse_options(cls, values: Mapping[str, Any]) -> Any:

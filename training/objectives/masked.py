@@ -45,6 +45,7 @@ clip's index), so scores are comparable across evaluations; the score is minus t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -229,6 +230,14 @@ class MaskedReconstruction(Objective):
             predictions[target] = torch.cat([trailing.new_zeros(trailing.shape[0], seen, trailing.shape[2]), trailing], dim=1)
             skipped[target] = torch.arange(seen, device=trailing.device).expand(trailing.shape[0], -1)
         return {"predictions": predictions, "targets": targets, "keep": skipped}
+
+    def write_pictures(self, model: AVClassifier, batch: dict[str, Tensor], directory: Path, names: list[str]) -> list[Path]:
+        """Spectrogram and frame-strip reconstructions (training/pictures.py) for a patch-token model."""
+        if not hasattr(model, "unpatchify"):
+            return []  # tokens that are not image patches (e.g. waveform segments): nothing to draw
+        from training.pictures import write_pictures
+
+        return write_pictures(model, self, batch, directory, names)
 
     def errors(self, outputs: dict[str, Any]) -> dict[str, Tensor]:
         """{modality: [B] mean squared error over each clip's masked tokens}."""
