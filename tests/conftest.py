@@ -88,3 +88,14 @@ def pemt_repository(tmp_path_factory, worker_id):
     Returns (repository_path, torch_model).
     """
     return _shared_export(tmp_path_factory, worker_id, "pemt_tiny", "pemt_repository", prepare=rotate_pemt_sigmas)
+
+
+@pytest.fixture(scope="session")
+def avmae_separate_repository(tmp_path_factory, worker_id):
+    """avmae_tiny_separate_av, _audio and _video (AV-MAE with separate encoders: an audio and a
+    video head, the audio+video answer their mean; unimodal graphs are `head` graphs), exported
+    like `zorro_repository` from a seeded, untrained avmae_tiny_separate.
+
+    Returns (repository_path, torch_model).
+    """
+    return _shared_export(tmp_path_factory, worker_id, "avmae_tiny_separate", "avmae_separate_repository")

@@ -47,10 +47,13 @@ def vatt_gateway(request):
 BACKENDS = ["embedded", pytest.param("triton", marks=pytest.mark.slow)]
 
 
-def assert_every_upload_kind_answered_by_its_graph(gateway, repository, model, family, heads, clips, reference) -> None:
-    """For a family whose unimodal graphs are `head` graphs (VATT, PEMT): each upload kind is
-    answered by its own graph, with the scores onnxruntime gives on the decoded tensors, and those
-    are the torch model's (every head, and their mean as the answer)."""
+def assert_every_upload_kind_answered_by_its_graph(
+    gateway, repository, model, family, heads, clips, reference, unimodal: str = "head"
+) -> None:
+    """For a family whose unimodal graphs are `head` graphs (VATT, PEMT; or `stream` graphs, as
+    `unimodal` says: AV-MAE's mid fusion, MBT): each upload kind is answered by its own graph,
+    with the scores onnxruntime gives on the decoded tensors, and those are the torch model's on
+    the same inputs (every head, and the answer), the unimodal ones a call with one modality."""
     import torch
 
     backend = gateway.settings.backend
@@ -58,11 +61,13 @@ def assert_every_upload_kind_answered_by_its_graph(gateway, repository, model, f
         for kind, (suffix, used) in KINDS.items():
             clip = getattr(clips, kind)
             model_dir = repository / f"{family}_{suffix}"
-            response = post_clip(client, clip, top_k=NUM_LABELS)
+            response = post_clip(client, clip, model=family, top_k=NUM_LABELS)
             assert response.status_code == 200, response.text
             body = response.json()
-            unimodal = None if kind == "av" else "head"
-            assert body["model"] == {"name": model_dir.name, "version": "1", "family": family, "backend": backend, "unimodal": unimodal}
+            kind_of_graph = None if kind == "av" else unimodal
+            assert body["model"] == {
+                "name": model_dir.name, "version": "1", "family": family, "backend": backend, "unimodal": kind_of_graph,
+            }  # fmt: skip
             assert body["modalities"] == {"present": used, "used": used, "zero_filled": [], "degraded": False}
             expected = reference(model_dir, clip)
             labels = load_model_spec(model_dir).labels
@@ -77,14 +82,16 @@ def assert_every_upload_kind_answered_by_its_graph(gateway, repository, model, f
                 np.testing.assert_allclose(softmax(out[head][0].numpy()), expected[f"head_{head}"], rtol=0, atol=1e-4)
 
 
-def assert_models_say_the_unimodal_graphs_are_heads(gateway, family, heads, architecture) -> dict:
-    """/v1/models lists the family's three models with their heads, `unimodal: head` on the two
-    unimodal ones; returns the response body."""
+def assert_models_say_the_unimodal_graphs_are_heads(gateway, family, heads, architecture, unimodal: str = "head") -> dict:
+    """/v1/models lists the family's three models (other families may be served too) with their
+    heads, `unimodal: head` (or as `unimodal` says) on the two unimodal ones; returns the body."""
     with gateway.client() as client:
         body = client.get("/v1/models").json()
-    models = {m["name"]: m for m in body["models"]}
+    models = {m["name"]: m for m in body["models"] if m["family"] == family}
     assert set(models) == set(heads)
-    assert {name: m["unimodal"] for name, m in models.items()} == {f"{family}_av": None, f"{family}_audio": "head", f"{family}_video": "head"}
+    assert {name: m["unimodal"] for name, m in models.items()} == {
+        f"{family}_av": None, f"{family}_audio": unimodal, f"{family}_video": unimodal,
+    }  # fmt: skip
     assert {name: set(m["heads"]) for name, m in models.items()} == heads
     assert {m["architecture"] for m in models.values()} == {architecture}
     return body
