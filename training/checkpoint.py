@@ -70,7 +70,8 @@ class RunInfo:
     data: str | None = None
     recipe: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)  # batch size, steps, world size, seed, ...
-    init_from: str | None = None
+    init_from: str | None = None  # the run (or checkpoint file) the weights were initialised from, absolute
+    pretrained: str | None = None  # "<model> (<objective>)" of that run, read when training started
     result: dict[str, Any] = field(default_factory=dict)  # filled at the end (throughput, best)
     format_version: int = FORMAT_VERSION
     run_dir: str | None = None
@@ -356,6 +357,17 @@ class InitReport:
             if names:
                 lines.append(f"  {label} ({len(names)}): {short(names)}")
         return "\n".join(lines)
+
+
+def pretraining_of(source: str | Path) -> str:
+    """ "<model> (<objective>)" of the run (or checkpoint file beside its run.json) `source` names;
+    the path itself when there is no run.json to read (a provenance note must not fail a run)."""
+    path = Path(source)
+    try:
+        info = read_run_info(path if path.is_dir() else path.parent)
+    except CheckpointError:
+        return str(source)
+    return f"{info.model} ({info.objective})"
 
 
 def init_from(model: torch.nn.Module, source: str | Path) -> InitReport:

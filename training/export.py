@@ -183,7 +183,7 @@ class ExportedModel:
 
 def export_run(run_dir: str | Path, repository: str | Path, options: ExportOptions = ExportOptions()) -> list[ExportedModel]:
     """Export the best checkpoint of a training run (see training/checkpoint.py)."""
-    from training.checkpoint import CheckpointError, load_run
+    from training.checkpoint import CheckpointError, load_run, pretraining_of
 
     try:
         model, info = load_run(run_dir)
@@ -194,23 +194,11 @@ def export_run(run_dir: str | Path, repository: str | Path, options: ExportOptio
     modality_dropout = float(info.train.get("modality_dropout") or 0.0)
     if modality_dropout > 0:  # tells a reader of the repository the unimodal graphs were trained for
         extra.setdefault(Param.MODALITY_DROPOUT, repr(modality_dropout))
-    if info.init_from:  # and what they started from (e.g. an AV-MAE-pretrained encoder)
-        extra.setdefault(Param.PRETRAINED, pretraining_of(info.init_from))
+    pretrained = info.pretrained or (pretraining_of(info.init_from) if info.init_from else None)
+    if pretrained:  # and what they started from (e.g. an AV-MAE-pretrained encoder)
+        extra.setdefault(Param.PRETRAINED, pretrained)
     options = dataclasses.replace(options, family=family, extra_parameters=tuple(sorted(extra.items())))
     return export_model(model, info.classes, repository, options)
-
-
-def pretraining_of(source: str) -> str:
-    """ "<model> (<objective>)" of the run (or checkpoint file beside its run.json) `source` names;
-    the path itself when that run is gone (the export must not fail over a provenance note)."""
-    from training.checkpoint import CheckpointError, read_run_info
-
-    path = Path(source)
-    try:
-        info = read_run_info(path if path.is_dir() else path.parent)
-    except CheckpointError:
-        return str(source)
-    return f"{info.model} ({info.objective})"
 
 
 def export_model(

@@ -165,6 +165,11 @@ class Trainer:
         cfg = self.cfg
         self.resume_path = self.out / ckpt.LAST
         overrides = dict(cfg.overrides)
+        # Where the weights came from and the recipe: as given, or on resume as the run recorded
+        # them (a resumed finetune keeps its finetuning recipe and its provenance).
+        self.init_from = str(Path(cfg.init_from).resolve()) if cfg.init_from else None
+        self.pretrained = None
+        recorded_recipe = None
         # resume from last.pt; or, with --resume and no checkpoint yet, start over at step 0
         self.resuming = cfg.resume and self.resume_path.is_file()
         if cfg.resume:
@@ -175,6 +180,10 @@ class Trainer:
                 if info.model != cfg.model:
                     raise TrainError(f"--resume: {self.out} trains {info.model!r}, not {cfg.model!r}")
                 overrides = {**info.overrides, **overrides}
+                if self.resuming:
+                    self.init_from = self.init_from or info.init_from
+                    self.pretrained = info.pretrained
+                    recorded_recipe = info.recipe.get("name")
                 probe = bool(info.train.get("linear_probe", False))
                 if self.resuming and probe != bool(cfg.linear_probe):
                     raise TrainError(
@@ -205,10 +214,12 @@ class Trainer:
 
         if cfg.recipe:
             recipe_name = cfg.recipe
+        elif recorded_recipe:
+            recipe_name = recorded_recipe
         elif cfg.linear_probe:
             recipe_name = "linear_probe"
         else:
-            recipe_name = self.objective_type.default_recipe(finetune=bool(cfg.init_from))
+            recipe_name = self.objective_type.default_recipe(finetune=bool(self.init_from))
         try:
             self.recipe = resolve_recipe(
                 recipe_name,
@@ -245,6 +256,7 @@ class Trainer:
                 self.init_report = ckpt.init_from(self.model, cfg.init_from)
             except ckpt.CheckpointError as error:
                 raise TrainError(f"--init-from: {error}") from None
+            self.pretrained = ckpt.pretraining_of(cfg.init_from)
             self._log(self.init_report.summary())
         if cfg.linear_probe:
             # also on resume: frozen before the optimiser is built, so its groups match last.pt's
@@ -400,7 +412,8 @@ class Trainer:
                     for g in self.optimizer.param_groups
                 ],
             },
-            init_from=str(cfg.init_from) if cfg.init_from else None,
+            init_from=self.init_from,
+            pretrained=self.pretrained,
         )
 
     def _loader(self, dataset, train: bool, epoch: int = 0, skip: int = 0):

@@ -111,6 +111,17 @@ def test_contrastive_then_finetune(tiny_train, tmp_path):
         assert torch.equal(v, pre_best[k]), k
     ft.fit()
     assert (ft_cfg.out / "best.pt").is_file()
+    run = json.loads((ft_cfg.out / "run.json").read_text())
+    assert run["init_from"] == str(pre.out.resolve()) and run["pretrained"] == "zorro_tiny (contrastive)"
+
+    # resumed without repeating --init-from: the finetuning recipe (whose optimiser state last.pt
+    # holds) and the provenance the export reports are the run's, not a fresh run's defaults
+    resumed_cfg = tiny_train(out=tmp_path / "ft", resume=True, steps=2)
+    resumed = Trainer(resumed_cfg)
+    assert resumed.step == 1 and resumed.recipe.name == "finetune"
+    resumed.fit()
+    run = json.loads((ft_cfg.out / "run.json").read_text())
+    assert run["init_from"] == str(pre.out.resolve()) and run["pretrained"] == "zorro_tiny (contrastive)"
 
 
 def test_init_from_reports_mismatched_heads(tiny_train, tmp_path):
