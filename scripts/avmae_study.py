@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 import torch
-from compare_routes import score_route  # the scripts next to this one
+from compare_routes import print_route_table, score_route  # the scripts next to this one
 from pemt_study import slug, train
 from vatt_linear_probe import logged_losses
 
@@ -127,16 +127,7 @@ def main() -> None:
             f"| {fusion} | {r['first'].get('loss', float('nan')):.3f} -> {r['last'].get('loss', float('nan')):.3f} "
             f"| {test['reconstruction/audio']:.3f} / {test['reconstruction/video']:.3f} | {base['audio']:.3f} / {base['video']:.3f} |"
         )
-    print(f"\n| {args.finetune_model} finetuned {args.finetune_steps} steps from (test) | audio+video top-1 | "
-          "audio graph: top-1 / right sound | video graph: top-1 / right shape |")  # fmt: skip
-    print("|---|---|---|---|")
-    nan = float("nan")
-    for name, routes in report["finetuning"].items():
-        cells = [f"{routes['av']['top1']:.3f}"]
-        for route in ("audio", "video"):
-            cell = routes[route]
-            cells.append(f"{cell['top1']:.3f} / {cell.get('factor', {}).get('accuracy', nan):.2f}")
-        print(f"| {name} | " + " | ".join(cells) + " |")
+    print_route_table(f"{args.finetune_model} finetuned {args.finetune_steps} steps from (test)", report["finetuning"])
 
 
 if __name__ == "__main__":

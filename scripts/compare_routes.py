@@ -39,6 +39,21 @@ def score_route(run: Path, data: Path, split: str, route: str, zero_fill: bool) 
     return cell
 
 
+ROUTE_TABLE_HEADER = "audio+video top-1 | audio graph: top-1 / right sound | video graph: top-1 / right shape"
+
+
+def print_route_table(title: str, table: dict[str, dict]) -> None:
+    """A markdown table, one row per run: {row name: {route: score_route's cell}}."""
+    print(f"\n| {title} | {ROUTE_TABLE_HEADER} |")
+    print("|---|---|---|---|")
+    for name, routes in table.items():
+        cells = [f"{routes['av']['top1']:.3f}"]
+        for route in ("audio", "video"):
+            cell = routes[route]
+            cells.append(f"{cell['top1']:.3f} / {cell.get('factor', {}).get('accuracy', float('nan')):.2f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path)

@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 
 import torch
-from compare_routes import score_route  # the scripts next to this one
+from compare_routes import print_route_table, score_route  # the scripts next to this one
 from vatt_linear_probe import logged_losses
 
 from training.evaluate import evaluate_objective
@@ -133,16 +133,8 @@ def main() -> None:
             f"| {t.get('mep_top1', nan):.3f} | {t.get('cpp_accuracy', nan):.3f} | {t.get('mep', nan):.3f} / {t.get('cpp', nan):.3f} |"
         )
     for title, table in ((f"finetuned {args.finetune_steps} steps", report["finetuning"]), (f"linear probe {args.probe_steps} steps", report["probes"])):
-        if not table:
-            continue
-        print(f"\n| {title} (test) | audio+video top-1 | audio graph: top-1 / right sound | video graph: top-1 / right shape |")
-        print("|---|---|---|---|")
-        for name, routes in table.items():
-            cells = [f"{routes['av']['top1']:.3f}"]
-            for route in ("audio", "video"):
-                cell = routes[route]
-                cells.append(f"{cell['top1']:.3f} / {cell.get('factor', {}).get('accuracy', nan):.2f}")
-            print(f"| {name} | " + " | ".join(cells) + " |")
+        if table:
+            print_route_table(f"{title} (test)", table)
 
 
 if __name__ == "__main__":
