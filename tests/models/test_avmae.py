@@ -434,6 +434,30 @@ def test_avmae_initialises_mbt_by_name_and_the_streams_untie(fusion, tmp_path, m
         assert not torch.equal(after[name], after[name.replace("audio", "video")]), name
 
 
+def test_mbt_finetuning_on_more_frames_interpolates_the_pretrained_positions_along_time(tmp_path):
+    """Table 16: pretrained on 16 frames, finetuned on 32 (mbt_avmae_vit_b16: 3136 video tokens).
+    In small: avmae_tiny's 2 x 4 x 4 tubelet grid into an MBT of 8 frames, 4 x 4 x 4: the CLS
+    position kept, each spatial position's two time steps linearly interpolated to four."""
+    from training.checkpoint import LAST, RUN_FILE, RunInfo, init_from, save_checkpoint, write_json
+
+    assert build_on_meta("mbt_avmae_vit_b16").token_counts == {"audio": 400, "video": 3136}
+    torch.manual_seed(0)
+    source = create_model("avmae_tiny")
+    save_checkpoint(tmp_path / LAST, {"model": source.state_dict()})
+    classes = [str(i) for i in range(source.config.num_classes)]
+    write_json(tmp_path / RUN_FILE, RunInfo(model="avmae_tiny", overrides={}, classes=classes, multilabel=False).to_dict())
+    mbt = create_model("mbt_avmae_tiny", num_frames=8)
+    assert mbt.token_grids["video"] == (4, 4, 4) and source.token_grids["video"] == (2, 4, 4)
+    report = init_from(mbt, tmp_path)
+    assert report.resized == ["pos_embed.video.embedding: (1, 33, 96) -> (1, 65, 96)"] and not report.mismatched
+    before, after = source.pos_embed["video"].embedding.detach(), mbt.pos_embed["video"].embedding.detach()
+    assert torch.equal(after[:, 0], before[:, 0])
+    first, second = before[0, 1:17], before[0, 17:33]  # time step 0 and 1 of the 4 x 4 grid
+    want = torch.cat([first, 0.75 * first + 0.25 * second, 0.25 * first + 0.75 * second, second])
+    torch.testing.assert_close(after[0, 1:], want, atol=1e-6, rtol=0)
+    assert torch.equal(mbt.pos_embed["audio"].embedding, source.pos_embed["audio"].embedding)
+
+
 def test_tied_checkpoint_round_trips_into_the_same_fusion(tmp_path, make_audio, make_video):
     """A shared AV-MAE's state dict (each tied tensor under three names) loads strictly into another
     shared AV-MAE: same function, layers still tied."""
