@@ -276,6 +276,44 @@ def test_inpainting_encodes_the_source_only_and_scores_the_trailing_positions(so
     assert (new_source["predictions"][target] - prediction).abs().max() > 1e-4
 
 
+@pytest.mark.parametrize("task, decoder", [("joint", "shared"), ("joint", "early"), ("video_from_audio", "shared"), ("inpaint_both", "early")])
+@torch.no_grad()
+def test_a_missing_modalitys_stand_in_never_reaches_the_loss(task, decoder, make_audio, make_video):
+    """--missing zero: clips 1 and 3 have no audio (zero-filled, has_audio False). Whatever stands in
+    for their audio changes neither the training loss nor the evaluation scores: under joint
+    reconstruction they add to the video loss only (an early decoder keeps the stand-in's tokens out
+    of its keys, as the encoder does); under inpainting video from audio they add nothing (there is
+    nothing to inpaint from), and evaluation scores what the clips that have both score."""
+    model = tiny()
+    objective = masked(model, task=task, decoder=decoder)
+    cfg = model.config
+    has_audio = torch.tensor([True, False, True, False])
+    audio, video = make_audio(cfg, 4, seed=1), make_video(cfg, 4, seed=2)
+    zeros, garbage = audio.clone(), audio.clone()
+    zeros[~has_audio] = 0
+    garbage[~has_audio] = torch.rand(2, cfg.clip_samples, generator=torch.Generator().manual_seed(9)) * 2 - 1
+    every = torch.ones(4, dtype=torch.bool)
+    net = TrainingModule(model, objective)
+    ctx = StepContext(model, torch.device("cpu"), np.random.default_rng(0))
+
+    def run(stand_in, clips=slice(None)):
+        batch = {AUDIO: stand_in[clips], VIDEO: video[clips], "has_audio": has_audio[clips], "has_video": every[clips], "index": torch.arange(4)[clips]}
+        torch.manual_seed(3)  # the same masks in every call
+        loss, logs = objective.training_loss(net, batch, ctx)
+        return loss, logs, objective.score(objective.eval_batch(net, batch, ctx), ctx)
+
+    loss, logs, scores = run(zeros)
+    other_loss, other_logs, other_scores = run(garbage)
+    assert torch.equal(loss, other_loss) and logs == other_logs and scores == other_scores
+    both = torch.tensor([0, 2])  # the clips that have both: evaluation masks are per clip (its index)
+    _, _, both_scores = run(audio, both)
+    if task == "joint":
+        assert set(scores) - {"score"} == {"reconstruction", "reconstruction/audio", "reconstruction/video"}
+        assert scores["reconstruction/audio"] == pytest.approx(both_scores["reconstruction/audio"], rel=1e-6)
+    else:
+        assert scores["reconstruction/video"] == pytest.approx(both_scores["reconstruction/video"], rel=1e-6)
+
+
 @torch.no_grad()
 def test_inpaint_both_at_paper_size_has_the_digests_sequence_lengths():
     """ViT-B mid on the meta device: video from 200 audio tokens, a 1568-long decoder sequence with

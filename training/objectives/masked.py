@@ -37,7 +37,9 @@ raw values, while MAE and VideoMAE, which it cites, standardise and report bette
 synthetic set's classes do not depend on, from dominating the loss. `norm_targets=false` gives
 the released code's raw targets.
 
-A clip lacking a modality (with --missing zero) adds nothing to that modality's loss.
+A clip lacking a modality (with --missing zero) adds nothing to that modality's loss, and its
+zero-filled stand-in reaches no other: the encoder and an "early" decoder keep its tokens out of
+their keys, and under inpainting a clip lacking the source adds nothing to the target's loss.
 Evaluation: the same loss on the evaluation split with masks fixed per clip (seeded by the
 clip's index), so scores are comparable across evaluations; the score is minus the total.
 """
@@ -53,6 +55,7 @@ from torch import Tensor, nn
 
 from training.evaluate import presence
 from training.models import AUDIO, VIDEO, AVClassifier
+from training.models.base import Presence
 from training.models.layers import LearnedPositionEmbedding, TransformerBlock, init_vit_weights
 
 from .base import Objective, ObjectiveError, ObjectiveSetup, StepContext, detached, register_objective
@@ -125,13 +128,14 @@ class ReconstructionDecoder(nn.Module):
         for token in self.mask_token.values():
             nn.init.normal_(token, std=0.02)
 
-    def run(self, x: Tensor, target: str) -> Tensor:
+    def run(self, x: Tensor, target: str, attend: Tensor | None = None) -> Tensor:
         for block in self.blocks[target] if self.structure == "separate" else self.blocks:
-            x = block(x)
+            x = block(x, attend)
         return self.norm(x)
 
-    def forward(self, encoded: dict[str, Tensor], keep: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Joint reconstruction: {modality: [B, N_m, patch_dim]} for every position of each modality."""
+    def forward(self, encoded: dict[str, Tensor], keep: dict[str, Tensor], present: Presence | None = None) -> dict[str, Tensor]:
+        """Joint reconstruction: {modality: [B, N_m, patch_dim]} for every position of each modality.
+        With `present`, an "early" decoder keeps an absent modality's tokens out of each clip's keys."""
         sequences = {}
         for m in encoded:
             visible = self.embed[m](encoded[m])
@@ -142,7 +146,11 @@ class ReconstructionDecoder(nn.Module):
         if self.structure == "early":
             order = list(sequences)
             sizes = [sequences[m].shape[1] for m in order]
-            joint = self.run(torch.cat([sequences[m] for m in order], dim=1), order[0])
+            attend = None
+            if present is not None and len(order) > 1:  # as AVMAE.joint_layer
+                keys = torch.cat([present[m].bool()[:, None].expand(-1, n) for m, n in zip(order, sizes)], dim=1)
+                attend = (keys | ~keys.any(dim=1, keepdim=True))[:, None, None, :]
+            joint = self.run(torch.cat([sequences[m] for m in order], dim=1), order[0], attend)
             decoded = dict(zip(order, joint.split(sizes, dim=1), strict=True))
         else:
             decoded = {m: self.run(x, m) for m, x in sequences.items()}
@@ -220,7 +228,7 @@ class MaskedReconstruction(Objective):
             targets = model.patch_targets(audio=audio, video=video)
         if not self.options.inpainting:
             encoded = model.encode_tokens(visible, present, return_tokens=True).tokens
-            return {"predictions": self.decoder(encoded, keep), "targets": targets, "keep": keep}
+            return {"predictions": self.decoder(encoded, keep, present), "targets": targets, "keep": keep}
         predictions, skipped = {}, {}
         for source, target in self.options.inpainting:  # the encoder sees the source modality only
             encoded = model.encode_tokens({source: visible[source]}, return_tokens=True).tokens[source]
@@ -251,14 +259,21 @@ class MaskedReconstruction(Objective):
             errors[m] = (squared * masked).sum(1) / masked.sum(1)
         return errors
 
+    def scored(self, has: dict[str, Tensor]) -> dict[str, Tensor]:
+        """{modality: the clips whose error counts}: those that have it and, under inpainting, the
+        source it is inpainted from (a zero-filled source has nothing to inpaint from)."""
+        sources = {target: source for source, target in self.options.inpainting}
+        return {m: has[m] & has[sources[m]] if m in sources else has[m] for m in has}
+
     def training_loss(self, net: nn.Module, batch: dict[str, Tensor], ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         audio, video = ctx.inputs(batch)
         present = presence(audio, video, batch["has_audio"], batch["has_video"], ctx.device)
         with ctx.autocast():
             outputs = net(audio=audio, video=video, present=present)
         per_modality = {}
+        scored = self.scored({m: batch[f"has_{m}"].to(ctx.device).bool() for m in (AUDIO, VIDEO)})
         for m, error in self.errors(outputs).items():
-            has = batch[f"has_{m}"].to(ctx.device).to(error.dtype)
+            has = scored[m].to(error.dtype)
             per_modality[m] = (error * has).sum() / has.sum().clamp_min(1.0)
         loss = torch.stack(list(per_modality.values())).sum()
         return loss, dict(detached(per_modality, "loss/"))
@@ -270,9 +285,10 @@ class MaskedReconstruction(Objective):
         seeds = [int(i) for i in batch["index"]]
         with ctx.autocast():
             outputs = net(audio=audio, video=video, present=present, seeds=seeds)
+        scored = self.scored({m: batch[f"has_{m}"].bool() for m in (AUDIO, VIDEO)})
         return {
-            "has_audio": batch["has_audio"].numpy(),
-            "has_video": batch["has_video"].numpy(),
+            "has_audio": scored[AUDIO].numpy(),
+            "has_video": scored[VIDEO].numpy(),
             "error": {m: e.float().cpu().numpy() for m, e in self.errors(outputs).items()},
         }
 
