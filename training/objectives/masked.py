@@ -180,6 +180,15 @@ def random_keep(batch: int, count: int, ratio: float, device: torch.device, seed
     return noise.argsort(dim=1)[:, :kept].sort(dim=1).values
 
 
+def modality_seeds(seeds: list[int] | None, modality: str) -> list[int] | None:
+    """Each clip's evaluation seed made distinct per modality, so the audio and video masks of a
+    clip are independent draws (the same seed would order the first tokens of both alike)."""
+    if seeds is None:
+        return None
+    offset = (AUDIO, VIDEO).index(modality)
+    return [2 * s + offset for s in seeds]
+
+
 @register_objective
 class MaskedReconstruction(Objective):
     name = "masked"
@@ -221,7 +230,8 @@ class MaskedReconstruction(Objective):
     def forward(self, model: AVClassifier, audio=None, video=None, present=None, seeds=None) -> dict[str, Any]:
         tokens = model.tokenize(audio=audio, video=video)
         keep = {
-            m: random_keep(x.shape[0], x.shape[1], self.options.ratio(m), x.device, seeds) for m, x in tokens.items()
+            m: random_keep(x.shape[0], x.shape[1], self.options.ratio(m), x.device, modality_seeds(seeds, m))
+            for m, x in tokens.items()
         }
         visible = {m: x.gather(1, keep[m].unsqueeze(-1).expand(-1, -1, x.shape[-1])) for m, x in tokens.items()}
         with torch.no_grad():
