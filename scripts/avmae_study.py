@@ -73,7 +73,7 @@ def main() -> None:
     parser.add_argument("--pretrain-lr", type=float, default=1e-3, help="Table 14's 3e-4 is for batch 512")
     # Warm-up: Table 14's 40 epochs are 10 % of its 400-epoch ablations; the recipe's 40 epochs
     # would outlast a short run (the LR would still be rising at its end), so 10 % of the steps.
-    parser.add_argument("--finetune-steps", type=int, default=400)
+    parser.add_argument("--finetune-steps", type=int, nargs="+", default=[100, 300], help="one table per budget")
     parser.add_argument("--finetune-recipe", default="supervised_scratch", help="one recipe for every start")
     parser.add_argument("--finetune-lr", type=float, default=1e-3)
     parser.add_argument("--modality-dropout", type=float, default=0.3)
@@ -104,16 +104,18 @@ def main() -> None:
         }
         starts[f"AV-MAE {fusion}"] = run
         print(f"pretrained {fusion}: {report['pretraining'][fusion]['test']['summary']}", file=sys.stderr, flush=True)
-    for name, init in starts.items():
-        run = train(
-            TrainConfig(
-                **common, model=args.finetune_model, out=args.out / f"finetune_{slug(name)}", objective="supervised",
-                recipe=args.finetune_recipe, lr=args.finetune_lr, init_from=init, steps=args.finetune_steps,
-                eval_every=args.finetune_steps, modality_dropout=args.modality_dropout,
-            )
-        )  # fmt: skip
-        report["finetuning"][name] = {route: score_route(run, args.data, "test", route, zero_fill=False) for route in ROUTES}
-        print(f"finetuned from {name}", file=sys.stderr, flush=True)
+    for steps in args.finetune_steps:
+        table = report["finetuning"][steps] = {}
+        for name, init in starts.items():
+            run = train(
+                TrainConfig(
+                    **common, model=args.finetune_model, out=args.out / f"finetune_{slug(name)}_{steps}",
+                    objective="supervised", recipe=args.finetune_recipe, lr=args.finetune_lr, init_from=init, steps=steps,
+                    eval_every=steps, modality_dropout=args.modality_dropout,
+                )
+            )  # fmt: skip
+            table[name] = {route: score_route(run, args.data, "test", route, zero_fill=False) for route in ROUTES}
+            print(f"finetuned {steps} steps from {name}", file=sys.stderr, flush=True)
 
     if args.json:
         print(json.dumps(report, indent=2, default=float))
@@ -127,7 +129,8 @@ def main() -> None:
             f"| {fusion} | {r['first'].get('loss', float('nan')):.3f} -> {r['last'].get('loss', float('nan')):.3f} "
             f"| {test['reconstruction/audio']:.3f} / {test['reconstruction/video']:.3f} | {base['audio']:.3f} / {base['video']:.3f} |"
         )
-    print_route_table(f"{args.finetune_model} finetuned {args.finetune_steps} steps from (test)", report["finetuning"])
+    for steps, table in report["finetuning"].items():
+        print_route_table(f"{args.finetune_model} finetuned {steps} steps from (test)", table)
 
 
 if __name__ == "__main__":
