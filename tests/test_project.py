@@ -29,7 +29,8 @@ def test_serving_side_never_imports_torch_or_training():
 # the others are plugins (pyproject.toml entry points "avserve.commands").
 COMMANDS = {
     "probe": "avserve", "serve": "avserve", "classify": "avserve", "triton": "avserve", "monitor": "avserve",
-    "data": "training", "train": "training", "evaluate": "training", "export": "training", "models": "training",
+    "data": "training", "train": "training", "evaluate": "training", "pictures": "training", "export": "training",
+    "models": "training",
     "bench": "loadtests",
 }  # fmt: skip
 

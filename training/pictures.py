@@ -98,15 +98,16 @@ def _figure(width: float, height: float):
 
 def _spectrogram_figure(images: dict[str, Tensor], title: str, path: Path) -> None:
     """Three log-mel panels [frames, n_mels] stacked, time across, frequency up."""
+    import matplotlib
+
     original = images["original"].cpu().numpy()
     low, high = np.nanpercentile(original, 1), np.nanpercentile(original, 99.5)
     frames, bins = original.shape
     figure = _figure(max(6.0, frames / 40), 1.2 + 3 * max(1.2, bins / 50))
     axes = figure.subplots(3, 1, sharex=True)
+    colours = matplotlib.colormaps["magma"].with_extremes(bad=(MASKED_GREY,) * 3)  # NaN = a hidden patch
     for axis, (label, image) in zip(axes, images.items(), strict=True):
-        shown = axis.imshow(image.cpu().numpy().T, origin="lower", aspect="auto", cmap="magma", vmin=low, vmax=high,
-                            interpolation="nearest")  # fmt: skip
-        shown.cmap.set_bad((MASKED_GREY,) * 3)
+        axis.imshow(image.cpu().numpy().T, origin="lower", aspect="auto", cmap=colours, vmin=low, vmax=high, interpolation="nearest")
         axis.set_ylabel(f"{label}\nmel bin")
     axes[-1].set_xlabel("spectrogram frame")
     figure.suptitle(title, fontsize=9)
