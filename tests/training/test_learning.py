@@ -15,11 +15,10 @@ from training.data.synth import ACCURACY_CEILINGS, CHANCE_ACCURACY
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 
-@pytest.fixture(scope="module")
-def learning_set(tmp_path_factory):
-    from training.data.synth import generate_dataset
-
-    return generate_dataset(tmp_path_factory.mktemp("learning"), clips=240, seed=7, progress=False).parent
+@pytest.fixture(scope="session")
+def learning_set(shared_dataset):
+    # One copy for the run: the Zorro and the MBT test may run on different xdist workers.
+    return shared_dataset("learning_set", clips=240, seed=7)
 
 
 def test_tiny_zorro_fuses_past_the_unimodal_ceilings(learning_set, tmp_path):
@@ -74,14 +73,13 @@ def test_tiny_mbt_fuses_and_answers_from_either_modality_alone(learning_set, tmp
         assert CHANCE_ACCURACY < top1 <= ACCURACY_CEILINGS[modality] + 0.15, (modality, top1)
 
 
-@pytest.fixture(scope="module")
-def scene_set(tmp_path_factory):
+@pytest.fixture(scope="session")
+def scene_set(shared_dataset):
     """Every video shows its sound's scene (docs/synthetic-data.md): without that cue the two
     modalities are independent given the label and NCE(video, audio) has nothing to learn."""
-    from training.data.synth import SynthConfig, generate_dataset
+    from training.data.synth import SynthConfig
 
-    config = SynthConfig(scene_coupling=1.0)
-    return generate_dataset(tmp_path_factory.mktemp("scenes"), clips=96, seed=7, config=config, progress=False).parent
+    return shared_dataset("scene_set", clips=96, seed=7, config=SynthConfig(scene_coupling=1.0))
 
 
 def test_tiny_vatt_pretraining_lowers_both_losses(scene_set, tmp_path):
