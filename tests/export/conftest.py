@@ -34,15 +34,20 @@ def exported(tiny_run, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def real_clips(tmp_path_factory):
+def small_synth(shared_dataset):
+    """12 real encoded synthetic clips (seed 3), written once per run (tests/conftest.py)."""
+    return shared_dataset("export_synth", clips=12, seed=3)
+
+
+@pytest.fixture(scope="session")
+def real_clips(small_synth):
     """Decoded inputs of real encoded synthetic clips, exactly as the gateway will send them."""
     from avserve.media import decode_audio, decode_video
-    from training.data.synth import generate_dataset
     from training.models import get_model_config
 
     cfg = get_model_config("zorro_tiny")
-    root = tmp_path_factory.mktemp("synth")
-    manifest = generate_dataset(root, clips=12, seed=3, progress=False)
+    root = small_synth
+    manifest = root / "manifest.csv"
     import csv
 
     rows = [r for r in csv.DictReader(manifest.open()) if r["modalities"] == "audio+video"][:4]

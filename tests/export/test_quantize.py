@@ -202,11 +202,11 @@ def test_pemt_int8_export_quantizes_every_projection(tmp_path):
         assert parity.top1_agreement >= 0.9 and parity.max_prob_diff < 0.2
 
 
-def test_parity_on_a_dataset_split(tmp_path):
-    from training.data.synth import CLASS_NAMES, generate_dataset
+def test_parity_on_a_dataset_split(tmp_path, small_synth):
+    from training.data.synth import CLASS_NAMES
     from training.models import create_model
 
-    data = generate_dataset(tmp_path / "synth", clips=12, seed=3, progress=False).parent
+    data = small_synth
     torch.manual_seed(0)
     model = decisive(create_model("zorro_tiny", num_classes=len(CLASS_NAMES)))
     options = ExportOptions(family="zorro_tiny", quantize="int8", parity_data=data, parity_split="train", parity_clips=4)

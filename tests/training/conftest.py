@@ -1,5 +1,5 @@
-"""Fixtures for the training tests: one small synthetic dataset per test session (per xdist
-worker), generated with the project's own generator (real encoded files + manifest.csv)."""
+"""Fixtures for the training tests: one small synthetic dataset per test run (shared by the
+xdist workers), generated with the project's own generator (real encoded files + manifest.csv)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
-def synth_dir(tmp_path_factory) -> Path:
-    from training.data.synth import generate_dataset
-
-    out = tmp_path_factory.mktemp("synth")
-    manifest = generate_dataset(out, clips=36, seed=0)
-    return Path(manifest).parent
+def synth_dir(shared_dataset) -> Path:
+    # Written once per run and read by both xdist workers (tests/conftest.py).
+    return shared_dataset("training_synth", clips=36, seed=0)
 
 
 @pytest.fixture(scope="session")
