@@ -240,6 +240,11 @@ def evaluate(
     frame_sampling: Annotated[
         str, typer.Option(help="exact | fast: pick video frames as a gateway with this `sampling` does.")
     ] = "exact",
+    views: Annotated[
+        Optional[str],
+        typer.Option(help="T,S: score each clip as T temporal windows spread over it x S spatial crops (1 or 3), "
+                          "averaging their logits: MBT's 4 views are 4,1, VATT's 12 are 4,3. Default: one centred view."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the full result as JSON.")] = False,
 ) -> None:
     """Score a trained run on a split: each head, the served (averaged) prediction, each kind of
@@ -249,17 +254,23 @@ def evaluate(
     from training.evaluate import evaluate_objective, evaluate_run
     from training.objectives import get_objective
 
+    from avserve.views import ViewGrid
+
+    try:
+        grid = ViewGrid.parse(views) if views is not None else None
+    except ValueError as error:
+        fail(f"--views: {error}")
     try:
         objective = read_run_info(checkpoint).objective
         if not get_objective(objective).needs_labels:
-            if route is not None or frame_sampling != "exact":
-                fail(f"--route and --frame-sampling score classifiers; {checkpoint} is a {objective} pretraining run")
+            if route is not None or frame_sampling != "exact" or grid is not None:
+                fail(f"--route, --frame-sampling and --views score classifiers; {checkpoint} is a {objective} pretraining run")
             result = evaluate_objective(checkpoint, data, split=split, batch_size=batch_size, workers=workers)
             typer.echo(json.dumps(result, indent=2) if as_json else f"{checkpoint} on {split} ({result['num_clips']} clips, step {result['step']}, {objective}): {result['summary']}")
             return
         result = evaluate_run(
             checkpoint, data, split=split, batch_size=batch_size or 32, workers=workers, route=route,
-            frame_sampling=frame_sampling,
+            frame_sampling=frame_sampling, views=grid,
         )  # fmt: skip
     except (CheckpointError, DatasetError, ValueError) as error:
         fail(str(error))
@@ -270,6 +281,7 @@ def evaluate(
     from rich.table import Table
 
     route_note = f", route {route}" if route else ""
+    route_note += f", {grid.count} views ({grid.temporal} windows x {grid.spatial} crops)" if grid else ""
     table = Table(title=f"{checkpoint} on {split}{route_note} ({result['num_clips']} clips, step {result['step']})")
     for column in ("prediction", "clips", "top-1", "top-5", "mAP"):
         table.add_column(column, justify="left" if column == "prediction" else "right")

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from avserve.views import ViewGrid, average_logits
 from training.metrics import classification_metrics
 
 PRESENCE_GROUPS = ("audio+video", "audio", "video")
@@ -110,12 +111,24 @@ def batch_logits(model: torch.nn.Module, batch: dict, device: torch.device, auto
     return {key: value.float().cpu().numpy() for key, value in out.items()}
 
 
-def collect_outputs(model: torch.nn.Module, loader, device: torch.device, autocast=None, use_presence: bool = True) -> CollectedOutputs:
-    """Run `model` over an AVClipDataset loader (batch_logits), keeping every output and the clips' flags."""
+def collect_outputs(
+    model: torch.nn.Module, loader, device: torch.device, autocast=None, use_presence: bool = True, fill=None
+) -> CollectedOutputs:
+    """Run `model` over an AVClipDataset loader (batch_logits), keeping every output and the clips' flags.
+
+    A multi-view batch (training/data/views.py: inputs [B, V, ...] and `num_views`) runs as B x V
+    clips and each clip's outputs are the mean of its views' logits (avserve.views.average_logits).
+    `fill` completes the model's inputs before it runs (e.g. zero-fills a removed modality)."""
     index, target, has_audio, has_video = [], [], [], []
     logits: dict[str, list[np.ndarray]] = {}
     for batch in loader:
-        for key, value in batch_logits(model, batch, device, autocast, use_presence).items():
+        views = int(batch["num_views"][0]) if "num_views" in batch else 1
+        inputs = flatten_views(batch, views) if "num_views" in batch else batch
+        if fill is not None:
+            inputs = fill(inputs)
+        for key, value in batch_logits(model, inputs, device, autocast, use_presence).items():
+            if "num_views" in batch:
+                value = average_logits(value.reshape(-1, views, value.shape[-1]), axis=1).astype(np.float32)
             logits.setdefault(key, []).append(value)
         index.append(batch["index"].numpy())
         target.append(batch["target"].numpy())
@@ -130,6 +143,14 @@ def collect_outputs(model: torch.nn.Module, loader, device: torch.device, autoca
     )
 
 
+def flatten_views(batch: dict, views: int) -> dict:
+    """A multi-view batch's model inputs as one batch of B x V clips, each view with its clip's flags."""
+    flat = {name: batch[name].flatten(0, 1) for name in ("audio", "video") if name in batch}
+    for flag in ("has_audio", "has_video"):
+        flat[flag] = batch[flag].repeat_interleave(views)
+    return flat
+
+
 ROUTES = {"av": ("audio", "video"), "audio": ("audio",), "video": ("video",)}
 
 
@@ -142,6 +163,7 @@ def run_outputs(
     batch_size: int = 32,
     workers: int = 0,
     frame_sampling: str = "exact",
+    views: ViewGrid | None = None,
 ):
     """(model, run info, CollectedOutputs) of a finished run's best checkpoint on one split.
 
@@ -150,7 +172,9 @@ def run_outputs(
     computation), "video" likewise, "av" only the clips with both. `zero_fill` instead feeds the
     removed modality as zeros to the audio+video model (what a family without unimodal graphs
     would serve). Default: every clip as it is (unimodal files as unimodal requests).
-    `frame_sampling` "fast" picks video frames as a gateway with `sampling=fast` does.
+    `frame_sampling` "fast" picks video frames as a gateway with `sampling=fast` does. `views`
+    scores each clip as temporal windows x spatial crops, their logits averaged
+    (training/data/views.py); None is the single centred view.
     """
     from training.checkpoint import load_run
     from training.data.dataset import AVClipDataset, Preprocessing
@@ -183,10 +207,13 @@ def run_outputs(
     )
     if len(dataset) == 0:
         raise DatasetError(f"split {split!r} of {data} has no clip with the modalities {modalities}")
+    if views is not None:
+        from training.data.views import MultiViewDataset
+
+        dataset = MultiViewDataset(dataset, views)
     loader = evaluation_loader(dataset, batch_size, workers)
-    if zero_fill:
-        loader = (_zero_filled(batch, model.config) for batch in loader)
-    return model, info, collect_outputs(model, loader, torch.device("cpu"), use_presence=not zero_fill)
+    fill = (lambda inputs: _zero_filled(inputs, model.config)) if zero_fill else None
+    return model, info, collect_outputs(model, loader, torch.device("cpu"), use_presence=not zero_fill, fill=fill)
 
 
 def split_records(run_dir: str | Path, info: Any, data: str | Path, split: str):
@@ -213,7 +240,7 @@ def evaluation_loader(dataset, batch_size: int, workers: int):
 
 def _zero_filled(batch: dict, config: Any) -> dict:
     """A batch with the absent input added as zeros; its flags stay False (scoring is unchanged)."""
-    size = batch["target"].shape[0]
+    size = batch["has_audio"].shape[0]
     if "audio" not in batch:
         batch = {**batch, "audio": torch.zeros(size, config.clip_samples)}
     if "video" not in batch:
@@ -230,12 +257,14 @@ def evaluate_run(
     workers: int = 0,
     route: str | None = None,
     frame_sampling: str = "exact",
+    views: ViewGrid | None = None,
 ) -> dict[str, Any]:
-    """Score a finished run's best checkpoint on one split (see `run_outputs` for `route` and
-    `frame_sampling`)."""
+    """Score a finished run's best checkpoint on one split (see `run_outputs` for `route`,
+    `frame_sampling` and `views`)."""
     model, info, outputs = run_outputs(
-        run_dir, data, split, route=route, batch_size=batch_size, workers=workers, frame_sampling=frame_sampling
-    )
+        run_dir, data, split, route=route, batch_size=batch_size, workers=workers, frame_sampling=frame_sampling,
+        views=views,
+    )  # fmt: skip
     result = {
         "run": str(run_dir),
         "checkpoint": info.checkpoint,
@@ -243,6 +272,7 @@ def evaluate_run(
         "split": split,
         "route": route or "as-is",
         "frame_sampling": frame_sampling,
+        "views": str(views or ViewGrid()),
         "num_clips": len(outputs.target),
     }
     result.update(score_outputs(model, outputs.logits, outputs.target, outputs.has_audio, outputs.has_video, info.multilabel))

@@ -30,6 +30,7 @@ from avserve.media.video import Sampling
 from avserve.media.workers import MediaWorkers, MediaWorkersUnavailable
 from avserve.repository import ModelSpec, RepositoryError
 from avserve.contract import AUDIO, VIDEO, head_output
+from avserve.views import view_probabilities
 
 from .admission import Ticket
 from .errors import ApiError, backend_error, media_error
@@ -273,16 +274,10 @@ def _labels(spec: ModelSpec) -> tuple[str, ...]:
     return spec.labels or tuple(f"class_{i}" for i in range(spec.num_classes))
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
-
-
 def _mean_probabilities(outputs: list[dict[str, np.ndarray]], name: str) -> np.ndarray:
-    """Class probabilities of output `name`, averaged over the windows (batch row 0 of each)."""
-    rows = [_softmax(np.asarray(output[name], dtype=np.float64).reshape(-1, output[name].shape[-1])[0]) for output in outputs]
-    return np.mean(rows, axis=0)
+    """Class probabilities of output `name` over the windows (batch row 0 of each): the softmax of
+    their mean logits, as `avserve evaluate --views` averages views (avserve/views.py)."""
+    return view_probabilities([np.asarray(output[name]).reshape(-1, output[name].shape[-1])[0] for output in outputs])
 
 
 def _top(scores: np.ndarray, labels: tuple[str, ...], k: int) -> list[Prediction]:

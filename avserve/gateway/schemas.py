@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 class Prediction(BaseModel):
     label: str
-    score: float = Field(description="Softmax probability, averaged over the scored windows.")
+    score: float = Field(description="Softmax probability; over several windows, the softmax of their mean logits.")
 
 
 class ServedModel(BaseModel):
