@@ -262,7 +262,8 @@ def test_epic_kitchens(tmp_path: Path, media: dict[str, Path]) -> None:
     train, validation = epic_lists(tmp_path)
     verbs = write(tmp_path / "EPIC_100_verb_classes.csv", VERB_CLASSES)
     nouns = write(tmp_path / "EPIC_100_noun_classes.csv", NOUN_CLASSES)
-    clips, out = tmp_path / "EPIC-KITCHENS", tmp_path / "epic"
+    out = tmp_path / "epic"
+    clips = out / "EPIC-KITCHENS"  # inside the output: the manifest's paths are relative, the dataset moves as one
     place(clips, media, {"P01/videos/P01_01.MP4": "av", "P01_11.MP4": "av", "P03/videos/P03_01.MP4": "garbage"})
     output = run("import", "--format", "epic", "--list", str(train), "--list", str(validation), "--verb-classes", str(verbs),
                  "--noun-classes", str(nouns), "--clips", str(clips), "--out", str(out), "--workers", "2")  # fmt: skip
@@ -270,9 +271,9 @@ def test_epic_kitchens(tmp_path: Path, media: dict[str, Path]) -> None:
     assert classes(out) == ["take plate", "open door"]  # actions: the pairs seen, by (verb id, noun id)
     rows = manifest_rows(out)
     assert {clip_id: (row["path"], row["label"], row["split"], row["start"], row["end"]) for clip_id, row in rows.items()} == {
-        "P01_01_0": (str(clips / "P01/videos/P01_01.MP4"), "open door", "train", "0.14", "0.37"),
-        "P01_01_1": (str(clips / "P01/videos/P01_01.MP4"), "take plate", "train", "0.5", "0.95"),
-        "P01_11_0": (str(clips / "P01_11.MP4"), "take plate", "val", "0", "0.89"),  # "pick-up" is of class take
+        "P01_01_0": ("EPIC-KITCHENS/P01/videos/P01_01.MP4", "open door", "train", "0.14", "0.37"),
+        "P01_01_1": ("EPIC-KITCHENS/P01/videos/P01_01.MP4", "take plate", "train", "0.5", "0.95"),
+        "P01_11_0": ("EPIC-KITCHENS/P01_11.MP4", "take plate", "val", "0", "0.89"),  # "pick-up" is of class take
     }  # fmt: skip
     assert report(out) == {
         ("window_past_end", "P01_01_2"), ("missing", "P02_03_0"), ("unreadable", "P03_01_0"), ("empty_window", "P01_11_1"),
@@ -287,7 +288,9 @@ def test_epic_kitchens(tmp_path: Path, media: dict[str, Path]) -> None:
     run("import", "--format", "epic", "--labels", "verb", "--list", str(train), "--list", str(validation), "--verb-classes",
         str(verbs), "--clips", str(clips), "--out", str(verb_out), "--no-probe")  # fmt: skip
     assert classes(verb_out) == ["take", "put", "open"]
-    assert [row["label"] for row in manifest_rows(verb_out).values()] == ["open", "take", "open", "take", "take"]
+    verb_rows = manifest_rows(verb_out)
+    assert [row["label"] for row in verb_rows.values()] == ["open", "take", "open", "take", "take"]
+    assert verb_rows["P01_01_0"]["path"] == str(clips / "P01/videos/P01_01.MP4")  # outside the output: absolute
     run("import", "--format", "epic", "--labels", "noun", "--list", str(train), "--clips", str(clips), "--out", str(noun_out), "--no-probe")
     assert classes(noun_out) == ["plate", "door"]
     assert "5 clips, 3 classes" in run("info", str(verb_out))

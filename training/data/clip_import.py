@@ -26,9 +26,13 @@ import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from training.data.importers import ImportOptions, ListedClip, ListFile, Listing, _ms, read_lists
 from training.data.records import CLASSES_FILE, MANIFEST_FILE, MEDIA_EXTENSIONS, DatasetError
+
+if TYPE_CHECKING:
+    from avserve.media import MediaInfo
 
 REPORT_FILE = "import_report.csv"
 REPORT_COLUMNS = ("problem", "source", "clip_id", "path", "detail")
@@ -190,14 +194,17 @@ def _describe(clip: ListedClip) -> str:
 
 def _probe_all(matched: list[_Matched], workers: int, progress: bool, problems: list[Problem]) -> list[_Matched]:
     """The clips whose file decodes (and is long enough for its window), with their modalities."""
-    from avserve.media import MediaError
+    from avserve.media.workers import MediaWorkersUnavailable
 
-    results = asyncio.run(_probe_paths(sorted({entry.path for entry in matched}), workers, progress))
+    try:
+        results = asyncio.run(_probe_paths(sorted({entry.path for entry in matched}), workers, progress))
+    except MediaWorkersUnavailable as error:
+        raise DatasetError(f"cannot start the probing workers ({error}); --no-probe skips probing") from None
     readable = []
     for entry in matched:
         info = results[entry.path]
-        if isinstance(info, MediaError):
-            problems.append(Problem("unreadable", entry.clip.source, entry.clip.clip_id, str(entry.path), str(info)))
+        if isinstance(info, str):
+            problems.append(Problem("unreadable", entry.clip.source, entry.clip.clip_id, str(entry.path), info))
             continue
         if entry.windowed and info.duration is not None and entry.clip.end > info.duration + WINDOW_SLACK_SECONDS:
             problems.append(Problem("window_past_end", entry.clip.source, entry.clip.clip_id, str(entry.path),
@@ -208,15 +215,16 @@ def _probe_all(matched: list[_Matched], workers: int, progress: bool, problems: 
     return readable
 
 
-async def _probe_paths(paths: list[Path], workers: int, progress: bool) -> dict:
+async def _probe_paths(paths: list[Path], workers: int, progress: bool) -> dict[Path, MediaInfo | str]:
+    """Each path's MediaInfo, or why it cannot be used ("<error code>: <message>")."""
     from tqdm import tqdm
 
-    from avserve.media import ErrorCode, MediaError, probe
+    from avserve.media import MediaError, probe
     from avserve.media.workers import MediaWorkers
 
     pool = MediaWorkers(processes=workers, memory_bytes=PROBE_MEMORY_BYTES, cpu_seconds=PROBE_CPU_SECONDS)
     pool.start()
-    results: dict[Path, object] = {}
+    results: dict[Path, MediaInfo | str] = {}
     pending = iter(paths)
     with tqdm(total=len(paths), desc="probe", unit="file", disable=not progress) as bar:
 
@@ -225,9 +233,9 @@ async def _probe_paths(paths: list[Path], workers: int, progress: bool) -> dict:
                 try:
                     results[path] = (await pool.run(probe, path, timeout=PROBE_TIMEOUT_SECONDS)).value
                 except MediaError as error:
-                    results[path] = error
+                    results[path] = str(error)
                 except TimeoutError:
-                    results[path] = MediaError(ErrorCode.DECODE_CPU_LIMIT, f"probing took longer than {PROBE_TIMEOUT_SECONDS:g} s")
+                    results[path] = f"timeout: probing took longer than {PROBE_TIMEOUT_SECONDS:g} s"
                 bar.update()
 
         try:
