@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from avserve.cli import build_app
+from avserve.media.workers import CRASH_SUFFIX_VARIABLE
 from avserve.media.synthetic import AudioTrack, VideoTrack, write_clip
 from training.data.importers import ImportOptions, ListFile, read_lists
 from training.data.records import DatasetError, load_records
@@ -294,6 +295,23 @@ def test_epic_kitchens(tmp_path: Path, media: dict[str, Path]) -> None:
     run("import", "--format", "epic", "--labels", "noun", "--list", str(train), "--clips", str(clips), "--out", str(noun_out), "--no-probe")
     assert classes(noun_out) == ["plate", "door"]
     assert "5 clips, 3 classes" in run("info", str(verb_out))
+
+
+def test_a_file_that_crashes_the_decoder_is_reported_alone(
+    tmp_path: Path, media: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files are probed several per worker call; a crash fails the whole call, so each file of
+    the batch is probed again on its own and only the culprit is reported."""
+    monkeypatch.setenv(CRASH_SUFFIX_VARIABLE, "clip0000002.mp4")  # read when the probing workers start
+    listed = write(tmp_path / "vggsound.csv", "".join(f"clip{n:07d},0,dog barking,train\n" for n in range(4)))
+    clips, out = tmp_path / "clips", tmp_path / "out"
+    place(clips, media, {f"clip{n:07d}.mp4": "av" for n in range(4)})
+    output = run("import", "--format", "vggsound", "--list", str(listed), "--clips", str(clips), "--out", str(out), "--workers", "1")
+    assert sorted(manifest_rows(out)) == ["clip0000000", "clip0000001", "clip0000003"]
+    with (out / "import_report.csv").open(newline="", encoding="utf-8") as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert (row["problem"], row["clip_id"]) == ("unreadable", "clip0000002") and row["detail"].startswith("decoder_crashed")
+    assert "unreadable: 1" in output
 
 
 # --------------------------------------------------------------------------- malformed lists

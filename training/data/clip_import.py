@@ -44,6 +44,9 @@ KEPT_PROBLEMS = frozenset({"ambiguous_files"})
 PROBE_MEMORY_BYTES = 1536 * 2**20
 PROBE_CPU_SECONDS = 60.0
 PROBE_TIMEOUT_SECONDS = 120.0
+# Files per worker call: one call costs about as much as probing a small file (IPC, limits), so
+# calls carry several (loadtests/bench_import.py); a call that fails is retried file by file.
+PROBE_BATCH = 16
 # A whole-video window may end this far past the probed duration (timestamps are rounded,
 # container durations approximate) before the clip is reported as cut short.
 WINDOW_SLACK_SECONDS = 1.0
@@ -219,29 +222,61 @@ async def _probe_paths(paths: list[Path], workers: int, progress: bool) -> dict[
     """Each path's MediaInfo, or why it cannot be used ("<error code>: <message>")."""
     from tqdm import tqdm
 
-    from avserve.media import MediaError, probe
     from avserve.media.workers import MediaWorkers
 
     pool = MediaWorkers(processes=workers, memory_bytes=PROBE_MEMORY_BYTES, cpu_seconds=PROBE_CPU_SECONDS)
     pool.start()
     results: dict[Path, MediaInfo | str] = {}
-    pending = iter(paths)
+    batches = iter([paths[i : i + PROBE_BATCH] for i in range(0, len(paths), PROBE_BATCH)])
     with tqdm(total=len(paths), desc="probe", unit="file", disable=not progress) as bar:
 
         async def drain() -> None:
-            for path in pending:  # one iterator shared by the tasks: each path probed once
-                try:
-                    results[path] = (await pool.run(probe, path, timeout=PROBE_TIMEOUT_SECONDS)).value
-                except MediaError as error:
-                    results[path] = str(error)
-                except TimeoutError:
-                    results[path] = f"timeout: probing took longer than {PROBE_TIMEOUT_SECONDS:g} s"
-                bar.update()
+            for batch in batches:  # one iterator shared by the tasks: each batch probed once
+                results.update(await _probe_batch(pool, batch))
+                bar.update(len(batch))
 
         try:
             await asyncio.gather(*(drain() for _ in range(workers)))
         finally:
             pool.close()
+    return results
+
+
+async def _probe_batch(pool, batch: list[Path]) -> dict[Path, MediaInfo | str]:
+    """A batch in one worker call; when the call fails as a whole (a file crashed the decoder or
+    used up the call's CPU, memory or time), each file again on its own, so the failure lands
+    on the file that caused it."""
+    from avserve.media import MediaError
+    from avserve.media.workers import MediaWorkersUnavailable
+
+    try:
+        values = (await pool.run(probe_files, batch, timeout=PROBE_TIMEOUT_SECONDS)).value
+        return dict(zip(batch, values))
+    except MediaWorkersUnavailable:
+        raise
+    except (MediaError, TimeoutError, Exception) as error:
+        if len(batch) > 1:
+            results: dict[Path, MediaInfo | str] = {}
+            for path in batch:
+                results.update(await _probe_batch(pool, [path]))
+            return results
+        if isinstance(error, MediaError):
+            return {batch[0]: str(error)}
+        if isinstance(error, TimeoutError):
+            return {batch[0]: f"timeout: probing took longer than {PROBE_TIMEOUT_SECONDS:g} s"}
+        return {batch[0]: f"probe failed: {type(error).__name__}: {error}"}
+
+
+def probe_files(paths: list[Path]) -> list[MediaInfo | str]:
+    """In a media worker: each file's MediaInfo, or the MediaError that says why it cannot be used."""
+    from avserve.media import MediaError, probe
+
+    results: list[MediaInfo | str] = []
+    for path in paths:
+        try:
+            results.append(probe(path))
+        except MediaError as error:
+            results.append(str(error))
     return results
 
 
