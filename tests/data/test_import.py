@@ -351,12 +351,15 @@ def test_kinetics_json_errors_name_the_entry(tmp_path: Path) -> None:
 
 def test_list_splits_and_options(tmp_path: Path) -> None:
     assert ListFile.parse("val=/data/a.csv") == ListFile(Path("/data/a.csv"), "val")
-    assert ListFile.parse("/data/unbalanced_train_segments.csv").split == "train"
-    assert ListFile.parse("/data/EPIC_100_validation.csv").split == "val"
-    assert ListFile.parse("/data/vggsound.csv").split is None
-    listed = write(tmp_path / "vggsound.csv", "abc,1,dog barking,train\n")
-    # SPLIT=FILE wins over the split column
-    assert read_lists("vggsound", [ListFile.parse(f"test={listed}")], ImportOptions()).clips[0].split == "test"
+    assert ListFile.parse("/data/unbalanced_train_segments.csv").default_split == "train"
+    assert ListFile.parse("/data/EPIC_100_validation.csv").default_split == "val"
+    assert ListFile.parse("/data/vggsound.csv").default_split is None
+    listed = write(tmp_path / "vggsound_train.csv", "abc,1,dog barking,test\nabd,1,dog barking,\n")
+    # SPLIT=FILE wins over the split column, which wins over the file's name
+    assert [c.split for c in read_lists("vggsound", [ListFile.parse(f"val={listed}")], ImportOptions()).clips] == ["val", "val"]
+    assert [c.split for c in read_lists("vggsound", [ListFile.parse(str(listed))], ImportOptions()).clips] == ["test", "train"]
+    with pytest.raises(DatasetError, match="--ontology is for --format audioset, not vggsound"):
+        read_lists("vggsound", [ListFile.parse(str(listed))], ImportOptions(ontology=listed))
     with pytest.raises(DatasetError, match="--labels 'verb': vggsound takes nothing"):
         read_lists("vggsound", [ListFile.parse(str(listed))], ImportOptions(labels="verb"))
     with pytest.raises(DatasetError, match="no such list file"):

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from training.data.importers import ImportOptions, ListedClip, ListFile, Listing, _ms, read_lists
-from training.data.records import CLASSES_FILE, MANIFEST_FILE, MEDIA_EXTENSIONS, DatasetError
+from training.data.importers import ImportOptions, ListedClip, ListFile, Listing, milliseconds, read_lists
+from training.data.records import CLASSES_FILE, MANIFEST_FILE, MEDIA_EXTENSIONS, SPLITS, DatasetError
 
 if TYPE_CHECKING:
     from avserve.media import MediaInfo
@@ -40,7 +40,8 @@ REPORT_COLUMNS = ("problem", "source", "clip_id", "path", "detail")
 KEPT_PROBLEMS = frozenset({"ambiguous_files"})
 
 # Probing in avserve.media.workers' supervised processes: a file that crashes or hogs a
-# decoder costs its own row in the report, not the whole import. The gateway's bounds.
+# decoder costs its own row in the report, not the whole import. The gateway's default bounds
+# (avserve/gateway/settings.py), per call.
 PROBE_MEMORY_BYTES = 1536 * 2**20
 PROBE_CPU_SECONDS = 60.0
 PROBE_TIMEOUT_SECONDS = 120.0
@@ -81,7 +82,8 @@ class ImportResult:
 
     def summary(self, examples: int = 3) -> str:
         """What was written and what was not, with a few examples of each problem."""
-        splits = ", ".join(f"{name} {count}" for name, count in sorted(self.splits.items())) or "none"
+        order = [*SPLITS, *sorted(set(self.splits) - set(SPLITS))]
+        splits = ", ".join(f"{name} {self.splits[name]}" for name in order if name in self.splits) or "none"
         lines = [
             f"{self.listed} listed, {self.written} clips written to {self.manifest} ({splits}; {self.classes} classes)",
         ]
@@ -129,13 +131,13 @@ class ClipIndex:
         window | start | video); ([], "") when none does."""
         for kind, prefixed in _RANKS:
             if kind == "window":
-                key = (kind, prefixed, clip.video_id, _ms(clip.start), _ms(clip.end))
+                key = (kind, prefixed, clip.video_id, milliseconds(clip.start), milliseconds(clip.end))
             elif kind == "start":
-                key = (kind, prefixed, clip.video_id, _ms(clip.start))
+                key = (kind, prefixed, clip.video_id, milliseconds(clip.start))
             else:
                 key = (kind, prefixed, clip.video_id)
             if None not in key and key in self._by_key:
-                return self._by_key[key], kind
+                return sorted(self._by_key[key]), kind
         return [], ""
 
 
@@ -144,9 +146,9 @@ def _name_keys(stem: str) -> list[tuple]:
     readings = [(False, stem)] + ([(True, stem[1:])] if stem.startswith("Y") and len(stem) > 1 else [])
     for prefixed, name in readings:
         if match := _WINDOW_NAME.fullmatch(name):
-            keys.append(("window", prefixed, match[1], _ms(float(match[2])), _ms(float(match[3]))))
+            keys.append(("window", prefixed, match[1], milliseconds(float(match[2])), milliseconds(float(match[3]))))
         if match := _START_NAME.fullmatch(name):
-            keys.append(("start", prefixed, match[1], _ms(float(match[2]))))
+            keys.append(("start", prefixed, match[1], milliseconds(float(match[2]))))
         keys.append(("video", prefixed, name))
     return keys
 

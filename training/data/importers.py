@@ -53,22 +53,27 @@ AUDIOSET_LABELS = ("name", "mid")
 
 @dataclass(frozen=True)
 class ListFile:
-    """One official list and the split of its rows (None: from the list's own split column)."""
+    """One official list and the split of its rows: `split` as given (SPLIT=FILE) wins over the
+    list's split column, which wins over the split its file name states (`default_split`)."""
 
     path: Path
     split: str | None = None
 
     @classmethod
     def parse(cls, spec: str) -> ListFile:
-        """`FILE` or `SPLIT=FILE` (train/val/test). Without SPLIT= a file named for a split
-        (balanced_train_segments.csv, eval_segments.csv, EPIC_100_validation.csv) gives it."""
+        """`FILE` or `SPLIT=FILE` (train/val/test)."""
         prefix, sep, rest = spec.partition("=")
         if sep and prefix.strip().lower() in SPLIT_ALIASES:
             return cls(Path(rest).expanduser(), SPLIT_ALIASES[prefix.strip().lower()])
         if sep and not Path(spec).expanduser().exists():
             raise DatasetError(f"--list {spec!r}: {prefix!r} is not a split (train, val or test)")
-        path = Path(spec).expanduser()
-        return cls(path, split_from_name(path))
+        return cls(Path(spec).expanduser())
+
+    @property
+    def default_split(self) -> str | None:
+        """The given split, else the one the file name states (balanced_train_segments.csv,
+        eval_segments.csv, EPIC_100_validation.csv)."""
+        return self.split or split_from_name(self.path)
 
     def where(self, line: int | str) -> str:
         return f"{self.path}:{line}"
@@ -121,6 +126,9 @@ class ImportOptions:
     full_videos: bool = False
 
 
+# Options that name one format's own files.
+_FORMAT_OPTIONS = {"ontology": "audioset", "verb_classes": "epic", "noun_classes": "epic"}
+
 Reader = Callable[[list[ListFile], ImportOptions], Listing]
 FORMATS: dict[str, Reader] = {}
 
@@ -142,6 +150,9 @@ def read_lists(format_name: str, lists: list[ListFile], options: ImportOptions) 
     for listed in lists:
         if not listed.path.is_file():
             raise DatasetError("no such list file", path=listed.path)
+    for option, owner in _FORMAT_OPTIONS.items():
+        if getattr(options, option) is not None and format_name != owner:
+            raise DatasetError(f"--{option.replace('_', '-')} is for --format {owner}, not {format_name}")
     listing = FORMATS[format_name](lists, options)
     listing.clips, duplicates = _drop_duplicates(listing.clips)
     listing.skipped += duplicates
@@ -190,11 +201,11 @@ def _timestamp(text: str, column: str, path: Path, line: int) -> float:
 
 
 def _split(text: str, listed: ListFile, line: int | str) -> str | None:
-    """The row's split: the list's (SPLIT=FILE or its name) wins over a split column."""
+    """The row's split: SPLIT=FILE's, else the split column's, else the one the file name states."""
     if listed.split is not None:
         return listed.split
     if not text:
-        return None
+        return listed.default_split
     if text.lower() not in SPLIT_ALIASES:
         raise DatasetError(f"unknown split {text!r} (expected train, val/validate or test)", path=listed.path, line=line)
     return SPLIT_ALIASES[text.lower()]
@@ -217,7 +228,9 @@ def _header(row: list[str], required: tuple[str, ...], path: Path, line: int, ex
     return header
 
 
-def _ms(seconds: float | None) -> int | None:
+def milliseconds(seconds: float | None) -> int | None:
+    """Seconds as whole milliseconds: list times and file-name times compare equal however they are
+    written ("30", "30.000", "000030")."""
     return None if seconds is None else round(seconds * 1000)
 
 
@@ -226,7 +239,7 @@ def _drop_duplicates(clips: list[ListedClip]) -> tuple[list[ListedClip], list[Sk
     first: dict[tuple, ListedClip] = {}
     kept, skipped = [], []
     for clip in clips:
-        key = (clip.video_id, _ms(clip.start), _ms(clip.end))
+        key = (clip.video_id, milliseconds(clip.start), milliseconds(clip.end))
         if key not in first:
             first[key] = clip
             kept.append(clip)
@@ -311,7 +324,7 @@ def read_audioset(lists: list[ListFile], options: ImportOptions) -> Listing:
                 skipped.append(problem)
                 continue
             labels = tuple(dict.fromkeys(label_of.get(mid, mid) for mid in mids))
-            clips.append(ListedClip(ytid, start, end, labels, listed.split, where, ytid))
+            clips.append(ListedClip(ytid, start, end, labels, listed.default_split, where, ytid))
     if ontology is not None:
         classes = [label_of[mid] for mid, _ in ontology]
     else:
@@ -502,7 +515,7 @@ def read_epic(lists: list[ListFile], options: ImportOptions) -> Listing:
                     source = options.verb_classes if kind == "verb" else options.noun_classes
                     raise DatasetError(f"{kind}_class {text} is not in {source}", path=listed.path, line=line)
                 ids.append((int(text), values[kind]))
-            clip = ListedClip(values["video_id"], start, end, (), listed.split, where, narration_id)
+            clip = ListedClip(values["video_id"], start, end, (), listed.default_split, where, narration_id)
             narrations.append(_Narration(clip, ids[0], ids[1]))
 
     verb_names = verb_keys or _names_from_rows([n.verb for n in narrations])
