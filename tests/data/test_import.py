@@ -204,6 +204,7 @@ def test_kinetics_csv_and_json(tmp_path: Path, media: dict[str, Path]) -> None:
         "x0P5CwN2Ok8": {"annotations": {"label": "air drumming", "segment": [0.0, 0.5]}, "subset": "validate", "duration": 10.0, "url": "https://www.youtube.com/watch?v=x0P5CwN2Ok8"},
         "longvideo00": {"annotations": {"label": "abseiling", "segment": [100.0, 110.0]}, "subset": "validate", "duration": 10.0, "url": ""},
         "brokenclip0": {"annotations": {"label": "abseiling", "segment": [0.0, 10.0]}, "subset": "validate", "duration": 10.0, "url": ""},
+        "testentry00": {"annotations": {}, "subset": "test", "duration": 10.0, "url": ""},
     }))  # fmt: skip
     clips, out = tmp_path / "clips", tmp_path / "kinetics"
     place(clips, media, {
@@ -225,7 +226,8 @@ def test_kinetics_csv_and_json(tmp_path: Path, media: dict[str, Path]) -> None:
         "x0P5CwN2Ok8": (str(clips / "x0P5CwN2Ok8.mp4"), "air drumming", "val", "0", "0.5"),
     }  # fmt: skip
     assert report(out) == {
-        ("missing", "missing0000"), ("unlabelled", "0DuoIsPOXJ0"), ("window_past_end", "longvideo00"), ("unreadable", "brokenclip0"),
+        ("missing", "missing0000"), ("unlabelled", "0DuoIsPOXJ0"), ("unlabelled", "testentry00"), ("window_past_end", "longvideo00"),
+        ("unreadable", "brokenclip0"),
     }  # fmt: skip
     assert "window_past_end: 1" in output
 

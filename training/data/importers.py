@@ -376,11 +376,11 @@ def read_kinetics(lists: list[ListFile], options: ImportOptions) -> Listing:
     for listed in lists:
         is_json = listed.path.suffix.lower() == ".json"
         rows = _kinetics_json_rows(listed) if is_json else _kinetics_csv_rows(listed)
-        for where, line, ytid, start, end, label, split in rows:
-            if problem := _window(ytid, start, end, where):
-                skipped.append(problem)
-            elif not label:
+        for where, ytid, start, end, label, split in rows:
+            if not label:
                 skipped.append(Skipped("unlabelled", where, ytid, "no label (Kinetics test lists have none)"))
+            elif problem := _window(ytid, start, end, where):
+                skipped.append(problem)
             else:
                 clips.append(ListedClip(ytid, start, end, (label,), split, where, ytid))
     classes = sorted({clip.labels[0] for clip in clips})
@@ -404,7 +404,7 @@ def _kinetics_csv_rows(listed: ListFile) -> Iterator[tuple]:
         start = _seconds(values["time_start"], "time_start", listed.path, line)
         end = _seconds(values["time_end"], "time_end", listed.path, line)
         split = _split(values.get("split", ""), listed, line)
-        yield listed.where(line), line, values["youtube_id"], start, end, values.get("label", ""), split
+        yield listed.where(line), values["youtube_id"], start, end, values.get("label", ""), split
 
 
 def _kinetics_json_rows(listed: ListFile) -> Iterator[tuple]:
@@ -425,12 +425,16 @@ def _kinetics_json_rows(listed: ListFile) -> Iterator[tuple]:
         annotations = entry.get("annotations") or {}
         if not isinstance(annotations, dict):
             raise fail("annotations must be an object")
+        label = str(annotations.get("label") or "").strip()
         segment = annotations.get("segment")
+        split = _split(str(entry.get("subset") or ""), listed, repr(ytid))
+        if not label and segment is None:  # a test entry may carry neither
+            yield where, ytid, None, None, "", split
+            continue
         if not (isinstance(segment, list) and len(segment) == 2 and all(isinstance(t, (int, float)) for t in segment)):
             raise fail(f"annotations.segment must be [start, end] in seconds, got {segment!r}")
         start, end = (_seconds(str(t), "segment", listed.path, repr(ytid)) for t in segment)
-        split = _split(str(entry.get("subset") or ""), listed, repr(ytid))
-        yield where, ytid, ytid, start, end, str(annotations.get("label") or "").strip(), split
+        yield where, ytid, start, end, label, split
 
 
 # --------------------------------------------------------------------------- EPIC-Kitchens-100
