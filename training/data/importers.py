@@ -416,15 +416,11 @@ def _kinetics_json_rows(listed: ListFile) -> Iterator[tuple]:
         raise DatasetError('expected a JSON object {"<youtube id>": {"annotations": ..., "subset": ...}}', path=listed.path)
     for ytid, entry in entries.items():
         where = f"{listed.path}:{ytid!r}"
-
-        def fail(message: str) -> DatasetError:
-            return DatasetError(f"entry {ytid!r}: {message}", path=listed.path)
-
         if not isinstance(entry, dict):
-            raise fail("expected an object with annotations and subset")
+            raise _entry_error(listed, ytid, "expected an object with annotations and subset")
         annotations = entry.get("annotations") or {}
         if not isinstance(annotations, dict):
-            raise fail("annotations must be an object")
+            raise _entry_error(listed, ytid, "annotations must be an object")
         label = str(annotations.get("label") or "").strip()
         segment = annotations.get("segment")
         split = _split(str(entry.get("subset") or ""), listed, repr(ytid))
@@ -432,9 +428,14 @@ def _kinetics_json_rows(listed: ListFile) -> Iterator[tuple]:
             yield where, ytid, None, None, "", split
             continue
         if not (isinstance(segment, list) and len(segment) == 2 and all(isinstance(t, (int, float)) for t in segment)):
-            raise fail(f"annotations.segment must be [start, end] in seconds, got {segment!r}")
+            raise _entry_error(listed, ytid, f"annotations.segment must be [start, end] in seconds, got {segment!r}")
         start, end = (_seconds(str(t), "segment", listed.path, repr(ytid)) for t in segment)
         yield where, ytid, start, end, label, split
+
+
+def _entry_error(listed: ListFile, ytid: str, message: str) -> DatasetError:
+    """JSON lists have no useful line numbers: the entry's key says where."""
+    return DatasetError(f"entry {ytid!r}: {message}", path=listed.path)
 
 
 # --------------------------------------------------------------------------- EPIC-Kitchens-100
