@@ -27,7 +27,7 @@ from avserve.cli import fail
 
 TRAIN_EXTRA_HINT = "pip install 'avserve[train]' (torch)"
 
-data_app = typer.Typer(help="Datasets: synthetic generation and inspection.", no_args_is_help=True)
+data_app = typer.Typer(help="Datasets: synthetic generation, import of official lists, inspection.", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
@@ -128,6 +128,53 @@ def data_info(
     except DatasetError as error:
         fail(str(error))
     typer.echo(dataset.summary())
+
+
+@data_app.command("import")
+def data_import(
+    format_name: Annotated[
+        str, typer.Option("--format", help="audioset | vggsound | kinetics | epic (docs/datasets.md).")
+    ],
+    lists: Annotated[
+        list[str], typer.Option("--list", help="An official list, FILE or SPLIT=FILE (train/val/test), repeatable. "
+                                               "Without SPLIT= the split comes from the list's split column or its file name.")
+    ],
+    clips: Annotated[Path, typer.Option(help="Directory holding the downloaded clips (searched recursively).")],
+    out: Annotated[Path, typer.Option(help="Output directory: manifest.csv, classes.txt, import_report.csv.")],
+    ontology: Annotated[
+        Optional[Path], typer.Option(help="AudioSet: class_labels_indices.csv (class order and display names).")
+    ] = None,
+    labels: Annotated[
+        Optional[str], typer.Option(help="AudioSet: name (default with --ontology) | mid. EPIC: verb | noun | action (default).")
+    ] = None,
+    verb_classes: Annotated[Optional[Path], typer.Option(help="EPIC: EPIC_100_verb_classes.csv (official keys and order).")] = None,
+    noun_classes: Annotated[Optional[Path], typer.Option(help="EPIC: EPIC_100_noun_classes.csv (official keys and order).")] = None,
+    full_videos: Annotated[
+        bool, typer.Option(help="Files named by the video id alone are whole videos: give their clips start/end "
+                                "(default: they are the downloaded segments; EPIC: always whole videos).")
+    ] = False,
+    probe: Annotated[bool, typer.Option(help="Probe every matched file (unreadable ones go to the report).")] = True,
+    workers: Annotated[int, typer.Option(min=1, help="Probing processes.")] = 4,
+) -> None:
+    """Turn an official dataset list (AudioSet, VGGSound, Kinetics, EPIC-Kitchens-100) and a folder
+    of downloaded clips into a dataset: manifest.csv + classes.txt, and a report of the clips that
+    are missing, unreadable or ambiguous."""
+    from training.data.clip_import import import_dataset
+    from training.data.importers import FORMATS, ImportOptions, ListFile
+    from training.data.records import DatasetError
+
+    if format_name not in FORMATS:
+        fail(f"--format {format_name!r}: expected one of {', '.join(FORMATS)}")
+    options = ImportOptions(
+        ontology=ontology, labels=labels, verb_classes=verb_classes, noun_classes=noun_classes, full_videos=full_videos
+    )
+    try:
+        result = import_dataset(
+            format_name, [ListFile.parse(spec) for spec in lists], clips, out, options, probe=probe, workers=workers
+        )
+    except DatasetError as error:
+        fail(str(error))
+    typer.echo(result.summary())
 
 
 # ---- train: options derived from TrainConfig ----------------------------------------------------

@@ -22,7 +22,8 @@ Workers start from a forkserver that has already imported PyAV and numpy, so a r
 ready in milliseconds and never inherits the gateway's threads or event loop.
 
 Test-only fault injection: with AVSERVE_TEST_CRASH_SUFFIX set in the gateway's environment, a
-worker given a path ending with that suffix crashes itself (SIGSEGV), as a decoder bug would.
+worker given a path ending with that suffix (as an argument, or in a list argument: a batch)
+crashes itself (SIGSEGV), as a decoder bug would.
 """
 
 from __future__ import annotations
@@ -264,7 +265,8 @@ def _call(function: Callable[..., Any], args: tuple, kwargs: dict, cpu_seconds: 
         _, hard = resource.getrlimit(resource.RLIMIT_CPU)
         soft = math.ceil(usage.ru_utime + usage.ru_stime + cpu_seconds)
         resource.setrlimit(resource.RLIMIT_CPU, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
-    if crash_suffix and any(str(arg).endswith(crash_suffix) for arg in args):
+    paths = [item for arg in args for item in (arg if isinstance(arg, list) else [arg])]  # a batch call's list too
+    if crash_suffix and any(str(path).endswith(crash_suffix) for path in paths):
         os.kill(os.getpid(), signal.SIGSEGV)
     peak_before = _peak_address_space()
     began = time.perf_counter()

@@ -120,6 +120,14 @@ def test_classes_txt_fixes_the_class_order(clips: Path) -> None:
     assert dataset.class_index()["bird"] == 2
 
 
+def test_a_label_listed_in_classes_txt_keeps_its_commas(clips: Path) -> None:
+    (clips / "classes.txt").write_text("vehicle horn, car horn, honking\ncar\nhorn\n", encoding="utf-8")
+    dataset = read_manifest(
+        write_manifest(clips, 'path,label\nclips/a.mp4,"vehicle horn, car horn, honking"\nclips/b.wav,"car,horn"\n')
+    )
+    assert [record.labels for record in dataset] == [("vehicle horn, car horn, honking",), ("car", "horn")]
+
+
 def test_summary_counts_clips_per_split_and_class(clips: Path) -> None:
     dataset = read_manifest(
         write_manifest(

@@ -9,7 +9,9 @@ Two layouts are understood:
        clips/street.mkv,car;horn,val,12.5,22.5,audio+video,"cars pass, one honks"
 
    Required: `path` and one of `label` / `labels`. Several labels per clip are separated by
-   ";" or, inside a quoted field, by "," (AudioSet style: `"/m/09x0r,/m/04rlf"`). A `labels`
+   ";" or, inside a quoted field, by "," (AudioSet style: `"/m/09x0r,/m/04rlf"`); a field that
+   is, as a whole, a class listed in classes.txt is one label even with a comma in it
+   (VGGSound's "vehicle horn, car horn, honking"). A `labels`
    column, or any row with several labels, makes the set multi-label. Optional: `split`
    (train/val/test; "valid", "validation" and "dev" mean val), `start`/`end` in seconds
    (blank = whole clip), `modalities` (audio+video, audio, video), `captions` (or `caption`):
@@ -180,6 +182,7 @@ def read_manifest(csv_path: Path | str) -> RecordSet:
         raise DatasetError("no such manifest file", path=csv_path)
     text = _read_utf8(csv_path)
     base_dir = csv_path.parent
+    listed_classes = _listed_class_names(base_dir / CLASSES_FILE)
 
     reader = csv.reader(io.StringIO(text), skipinitialspace=True)
     header: list[str] | None = None
@@ -200,7 +203,7 @@ def read_manifest(csv_path: Path | str) -> RecordSet:
         if len(row) != len(header):
             raise DatasetError(f"expected {len(header)} fields (as in the header on line {header_line}), got {len(row)}", path=csv_path, line=line)
         values = {name: cell.strip() for name, cell in zip(header, row)}
-        record = _parse_row(values, label_column, base_dir, csv_path, line)
+        record = _parse_row(values, label_column, base_dir, csv_path, line, listed_classes)
         multilabel = multilabel or len(record.labels) > 1
         records.append(record)
         record_lines.append(line)
@@ -248,7 +251,9 @@ def _parse_header(row: list[str], csv_path: Path, line: int) -> list[str]:
     return header
 
 
-def _parse_row(values: dict[str, str], label_column: str, base_dir: Path, csv_path: Path, line: int) -> ClipRecord:
+def _parse_row(
+    values: dict[str, str], label_column: str, base_dir: Path, csv_path: Path, line: int, listed_classes: frozenset[str]
+) -> ClipRecord:
     def fail(message: str) -> DatasetError:
         return DatasetError(message, path=csv_path, line=line)
 
@@ -260,7 +265,7 @@ def _parse_row(values: dict[str, str], label_column: str, base_dir: Path, csv_pa
     if not path.is_file():
         raise fail(f"file not found: {raw_path!r} (resolved to {path})")
 
-    labels = _parse_labels(values[label_column], fail)
+    labels = _parse_labels(values[label_column], fail, listed_classes)
 
     start = _parse_seconds(values.get("start", ""), "start", fail)
     end = _parse_seconds(values.get("end", ""), "end", fail)
@@ -291,9 +296,13 @@ def parse_captions(field_text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in field_text.split(CAPTION_SEPARATOR) if part.strip())
 
 
-def _parse_labels(field_text: str, fail: Callable[[str], DatasetError]) -> tuple[str, ...]:
+def _parse_labels(
+    field_text: str, fail: Callable[[str], DatasetError], listed_classes: frozenset[str] = frozenset()
+) -> tuple[str, ...]:
     if not field_text:
         raise fail("empty label")
+    if field_text in listed_classes:
+        return (field_text,)
     separator = ";" if ";" in field_text else ","
     labels = [label.strip() for label in field_text.split(separator)]
     if any(not label for label in labels):
@@ -314,6 +323,13 @@ def _parse_seconds(text: str, column: str, fail: Callable[[str], DatasetError]) 
     if not math.isfinite(value):
         raise fail(f"{column} must be a finite number of seconds, got {text!r}")
     return value
+
+
+def _listed_class_names(classes_path: Path) -> frozenset[str]:
+    """The names in classes.txt (empty without one); `_class_order` checks the file itself."""
+    if not classes_path.is_file():
+        return frozenset()
+    return frozenset(name.strip() for name in _read_utf8(classes_path).splitlines() if name.strip())
 
 
 def _class_order(
