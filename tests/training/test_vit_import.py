@@ -225,10 +225,13 @@ def test_avserve_train_init_from_a_vit_file(tmp_path, synth_dir):
     result = CliRunner().invoke(
         build_app(),
         ["train", "--model", "mbt_tiny", "--data", str(synth_dir), "--out", str(out), "--steps", "2", "--batch-size", "2",
-         "--no-progress", "--eval-split", "", "--init-from", str(path)],
+         "--no-progress", "--eval-split", "", "--init-from", str(path),
+         "--set", "pixel_mean=[0.5,0.5,0.5]", "--set", "pixel_std=[0.5,0.5,0.5]"],  # Google's IN-21k ViT normalisation
     )  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "init from" in result.output and "vit_tiny_in21k.safetensors: loaded" in result.output
+    assert "vit_tiny_in21k.safetensors: loaded 108 tensors" in result.output  # 2 streams x (4 blocks x 12 + 6)
+    assert "missing (3): bottleneck, classifier.bias, classifier.weight" in result.output
+    assert "the model normalises with mean (0.5, 0.5, 0.5), std (0.5, 0.5, 0.5)" in result.output
     run = json.loads((out / "run.json").read_text())
     assert run["pretrained"] == "ImageNet ViT (timm state dict vit_tiny_in21k.safetensors)"
     assert run["init_from"] == str(path.resolve())

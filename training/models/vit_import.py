@@ -1,8 +1,9 @@
 """Starting from an ImageNet ViT: a timm VisionTransformer state dict mapped onto our models.
 
-Zorro (Table 2, App. B: "we use the pre-trained weights to initialise the video, audio and fusion
-parameters") and MBT (Sec. 4.2: both streams from ImageNet-21k ViT-B) finetune from an ImageNet
-ViT-B/16; AV-MAE's MBT baseline does too (Table 6, "ImageNet-21K (supervised, from MBT)"). Their
+Zorro (its ImageNet-21k initialisation: "we use the pre-trained weights to initialise the video,
+audio and fusion parameters"; digest A3.2) and MBT (Sec. 4.2: both streams from ImageNet-21k
+ViT-B) finetune from an ImageNet ViT-B/16; so does AV-MAE's MBT baseline (its Table 6,
+"ImageNet-21K (supervised, from MBT)"). Their
 layers are our `TransformerBlock`s, which store their parameters under timm's names (norm1,
 attn.qkv as one [3D, D] matrix in q|k|v order split per head the same way, attn.proj, norm2,
 mlp.fc1, mlp.fc2; LayerNorm eps 1e-6, exact GELU), so block i copies as it is. What has to be
@@ -10,8 +11,8 @@ converted:
 
   video patches   the RGB 16x16 kernel as it is (one frame per token: MBT, Zorro); for t-frame
                   tubelets (AV-MAE, VATT) inflated along time by ViViT's "central frame"
-                  initialisation (Arnab et al. 2021, Sec. 3.4 and Table 1: 79.2 vs 77.6 for
-                  "filter inflation" = the kernel repeated and divided by t; `tubelet_init`);
+                  initialisation (Arnab et al. 2021, Sec. 3.4; the best in its Table 1), or
+                  "filter inflation", the kernel repeated and divided by t (`tubelet_init`);
   audio patches   the RGB kernel averaged over its 3 input channels (AST, Gong et al. 2021,
                   Sec. 2.2: "we average the weights corresponding to each of the 3 input
                   channels"; AST's released code sums them instead, i.e. the spectrogram fed as 3
@@ -58,21 +59,6 @@ from training.checkpoint import CheckpointError, InitReport
 # A file is a timm ViT state dict when it has these (training.checkpoint.init_from tells them
 # from our own checkpoints by them).
 SIGNATURE_KEYS = ("patch_embed.proj.weight", "blocks.0.attn.qkv.weight")
-# timm TransformerBlock parameters, = training/models/layers.py TransformerBlock's names.
-BLOCK_PARAMETERS = (
-    "norm1.weight",
-    "norm1.bias",
-    "attn.qkv.weight",
-    "attn.qkv.bias",
-    "attn.proj.weight",
-    "attn.proj.bias",
-    "norm2.weight",
-    "norm2.bias",
-    "mlp.fc1.weight",
-    "mlp.fc1.bias",
-    "mlp.fc2.weight",
-    "mlp.fc2.bias",
-)
 # Keys of ViT variants whose function our blocks cannot compute: converting the rest would be a
 # different network, so they are refused.
 UNSUPPORTED = {
@@ -85,8 +71,6 @@ UNSUPPORTED = {
     "blocks.0.mlp.norm.weight": "a normalised MLP (ViT-22B style)",
     "blocks.0.mlp.fc1_g.weight": "a gated MLP (SwiGLU)",
 }
-# The classification head (and its pooling norm): new classes here, so never converted.
-HEAD_PREFIXES = ("head.", "fc_norm.", "attn_pool.")
 TUBELET_INITS = ("central", "inflate")
 AUDIO_CHANNELS = ("mean", "sum")
 
@@ -355,11 +339,8 @@ def conversion_rules(model: nn.Module) -> list[tuple[str, Producer]]:
             (rf"(video|audio)_patch_embed\.proj\.{norm}", _patch),
             (r"(video|audio)_pos_embed\.embedding", _positions),
         ]
-    if architecture == "vatt":
-        if model.config.modality_agnostic:
-            stack = r"backbones\.shared"
-        else:
-            stack = r"backbones\.video"
+    if architecture == "vatt":  # the video tower: VATT-MA's shared one, else its own
+        stack = r"backbones\.shared" if model.config.modality_agnostic else r"backbones\.video"
         return [
             (rf"{stack}\.blocks\.{block}", _block),
             (rf"{stack}\.norm\.{norm}", _final_norm),
@@ -429,7 +410,31 @@ def init_from_vit(
     result = model.load_state_dict(tensors, strict=False)
     grids = {key: grid.grid for key, grid in model.position_embeddings().items() if key in tensors}
     source = "x".join(map(str, vit.grid))
-    # A grid of one time step and the ViT's size is the ViT's table as it is: not resized.
-    resized = [f"{key}: {source} -> {'x'.join(map(str, grid))}" for key, grid in grids.items() if math.prod(grid) != math.prod(vit.grid) or tuple(grid[-2:]) != vit.grid]
+    resized = [  # a grid of one time step of the ViT's size is the ViT's table as it is
+        f"{key}: {source} -> {'x'.join(map(str, grid))}"
+        for key, grid in grids.items()
+        if math.prod(grid) != math.prod(vit.grid) or tuple(grid[-2:]) != vit.grid
+    ]
     unused = sorted(k for k in vit.state if k not in vit.used)
-    return InitReport(str(path), sorted(tensors), sorted(result.missing_keys), unused, [], resized)
+    return ViTInitReport(str(path), sorted(tensors), sorted(result.missing_keys), unused, [], resized, pixels=_pixel_note(model))
+
+
+@dataclasses.dataclass
+class ViTInitReport(InitReport):
+    """InitReport plus a reminder of the pixel normalisation, which a ViT file does not record."""
+
+    pixels: str = ""
+
+    def summary(self) -> str:
+        return super().summary() + (f"\n  {self.pixels}" if self.pixels else "")
+
+
+def _pixel_note(model: nn.Module) -> str:
+    config = model.config
+    if not hasattr(config, "pixel_mean"):
+        return ""
+    mean, std = tuple(config.pixel_mean), tuple(config.pixel_std)
+    return (
+        f"pixels: the model normalises with mean {mean}, std {std}; the file does not say what its ViT was trained on "
+        "(Google's ImageNet-21k ViTs: 0.5, 0.5: --set pixel_mean=[0.5,0.5,0.5] --set pixel_std=[0.5,0.5,0.5])"
+    )
