@@ -148,6 +148,12 @@ def test_torch_state_dict_files_are_read_too(tmp_path):
     assert torch.equal(model.encoders["audio"][3].norm2.weight, vit.blocks[3].norm2.weight)
     assert pretraining_of(path) == "ImageNet ViT (timm state dict vit_tiny.pth)"
 
+    half = tmp_path / "vit_tiny_fp16.safetensors"  # hub files may be half precision: read as float32
+    save_file({k: v.half().contiguous() for k, v in vit.state_dict().items()}, str(half))
+    init_from(model, half)
+    assert model.pos_embed["video"].embedding.dtype == torch.float32
+    assert torch.equal(model.encoders["video"][1].attn.qkv.weight, vit.blocks[1].attn.qkv.weight.half().float())
+
 
 def test_zorro_video_tokens_equal_timm_without_class_token(tmp_path):
     """Zorro has no CLS: a ViT without one (no CLS position either) gives its video tokens exactly;
@@ -235,3 +241,16 @@ def test_avserve_train_init_from_a_vit_file(tmp_path, synth_dir):
     run = json.loads((out / "run.json").read_text())
     assert run["pretrained"] == "ImageNet ViT (timm state dict vit_tiny_in21k.safetensors)"
     assert run["init_from"] == str(path.resolve())
+
+
+def test_avserve_train_refuses_a_vit_for_pemt_in_one_line(tmp_path, synth_dir):
+    path = save(VisionTransformer(img_size=64, **TINY), tmp_path / "vit.safetensors")
+    result = CliRunner().invoke(
+        build_app(),
+        ["train", "--model", "pemt_tiny", "--data", str(synth_dir), "--out", str(tmp_path / "run"), "--steps", "1",
+         "--no-progress", "--init-from", str(path)],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--init-from: PEMT cannot start from ViT weights" in errors[0]

@@ -64,6 +64,7 @@ SIGNATURE_KEYS = ("patch_embed.proj.weight", "blocks.0.attn.qkv.weight")
 UNSUPPORTED = {
     "norm_pre.weight": "a LayerNorm before the blocks (CLIP-style pre-norm)",
     "reg_token": "register tokens",
+    "dist_token": "a distillation token (DeiT)",
     "blocks.0.ls1.gamma": "LayerScale",
     "blocks.0.attn.q_norm.weight": "QK normalisation",
     "blocks.0.attn.norm.weight": "a normalised attention output",
@@ -99,8 +100,8 @@ def is_safetensors(path: str | Path) -> bool:
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """The tensors of a safetensors file or a torch state-dict file (.pth / .bin / .pt), under
-    the names timm gives them: a {"model": ...} / {"state_dict": ...} wrapper and DDP's
-    "module." prefix are taken off."""
+    the names timm gives them (a {"model": ...} / {"state_dict": ...} wrapper and DDP's
+    "module." prefix taken off), floating-point ones as float32."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path} not found")
@@ -120,7 +121,8 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
         raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors)")
     if state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}
-    return dict(state)
+    # float32 before any arithmetic (channel means, resampling): hub files may be fp16 / bf16
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
 def is_vit_state_dict(state: Mapping[str, object]) -> bool:
