@@ -383,7 +383,7 @@ def init_from(model: torch.nn.Module, source: str | Path) -> InitReport:
     shape mismatches are left as initialised. An objective's extra modules (projectors, decoders)
     live outside "model" and are never loaded: fine-tuning drops them.
 
-    A timm ViT state-dict file (.safetensors / .pth / .bin, told by its keys) is converted
+    A timm ViT state-dict file (safetensors, or a torch .pth / .bin told by its keys) is converted
     instead: training/models/vit_import.py (MBT's and Zorro's ImageNet initialisation)."""
     from training.models import vit_import
 
