@@ -361,8 +361,13 @@ class InitReport:
 
 def pretraining_of(source: str | Path) -> str:
     """ "<model> (<objective>)" of the run (or checkpoint file beside its run.json) `source` names;
-    the path itself when there is no run.json to read (a provenance note must not fail a run)."""
+    the path itself when there is no run.json to read (a provenance note must not fail a run);
+    "ImageNet ViT (timm state dict <file>)" for a ViT file (training/models/vit_import.py)."""
+    from training.models import vit_import
+
     path = Path(source)
+    if vit_import.is_vit_file(path):
+        return vit_import.provenance(path)
     try:
         info = read_run_info(path if path.is_dir() else path.parent)
     except CheckpointError:
@@ -376,8 +381,15 @@ def init_from(model: torch.nn.Module, source: str | Path) -> InitReport:
     differs (another clip length, frame count or image size) is resized by interpolation when
     both models describe their grids (`position_embeddings()`, training/models/base.py); other
     shape mismatches are left as initialised. An objective's extra modules (projectors, decoders)
-    live outside "model" and are never loaded: fine-tuning drops them."""
+    live outside "model" and are never loaded: fine-tuning drops them.
+
+    A timm ViT state-dict file (safetensors, or a torch .pth / .bin told by its keys) is converted
+    instead: training/models/vit_import.py (MBT's and Zorro's ImageNet initialisation)."""
+    from training.models import vit_import
+
     path = resolve_checkpoint(source, prefer="best")
+    if vit_import.is_safetensors(path) or vit_import.is_vit_file(path):  # we never write safetensors
+        return vit_import.init_from_vit(model, path)
     state = load_checkpoint(path)["model"]
     own = model.state_dict()
     target_grids = model.position_embeddings() if hasattr(model, "position_embeddings") else {}

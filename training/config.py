@@ -33,7 +33,7 @@ class TrainConfig:
     mixup_alpha: float | None = field(default=None, metadata={"help": "Mixup Beta(alpha, alpha); 0 = off (default: the recipe's)."})
     modality_mixup: bool | None = field(default=None, metadata={"help": "One mixup lambda per modality (MBT) or one for both (default: the recipe's)."})
     grad_clip: float | None = field(default=None, metadata={"help": "Clip the gradient norm to this value (default: the recipe's)."})
-    init_from: str | Path | None = field(default=None, metadata={"help": "Fine-tune from a run directory (its best.pt) or a .pt file."})
+    init_from: str | Path | None = field(default=None, metadata={"help": "Fine-tune from a run directory (its best.pt), a .pt file, or a timm ViT state dict (.safetensors/.pth: ImageNet init, docs/models.md)."})
     linear_probe: bool = field(
         default=False,
         metadata={"help": "Train only the classifier heads on a frozen backbone (VATT's linear evaluation); usually with --init-from a pretrained run."},
