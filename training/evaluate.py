@@ -272,11 +272,11 @@ def evaluate_routes(run_dir: str | Path, data: str | Path, split: str = "test", 
 
     routes: dict[str, Any] = {}
     skipped: dict[str, str] = {}
-    for route in servable_routes(run_dir):
+    for name in servable_routes(run_dir):
         try:
-            routes[route] = evaluate_run(run_dir, data, split, route=route, **options)
+            routes[name] = evaluate_run(run_dir, data, split, route=name, **options)
         except DatasetError as error:
-            skipped[route] = str(error)
+            skipped[name] = str(error)
     if not routes:
         raise DatasetError(f"split {split!r} of {data} has no clip any route of {run_dir} can score: " + "; ".join(skipped.values()))
     first = next(iter(routes.values()))

@@ -29,6 +29,11 @@ for each clip (e.g. a head's loss only on the clips that head serves). `modality
 (objectives that support it) turns a fraction p of the audio+video clips of each batch into
 audio-only or video-only ones.
 
+Unbalanced multi-label sets (docs/multilabel.md, training/data/balance.py): `class_cap=N` trains
+on MBT's greedy subset with at most N clips per class; `sampling="balanced"` draws each epoch
+with replacement, weighted by the inverse frequency of each clip's labels, under the same
+(seed, epoch) contract as the shuffle, so resume and DDP sharding are unchanged.
+
 Files (rank 0 only): RUN_DIR/run.json, last.pt, best.pt, metrics.jsonl, eval.json (see
 training.checkpoint). `resume=True` restores model, the objective's modules, optimiser,
 scheduler, grad scaler, step, best metric and RNG states from last.pt and continues mid-epoch at

@@ -211,3 +211,26 @@ def test_bad_balancing_options_are_one_line_errors(multilabel_set, tmp_path):
     assert result.exit_code == 2 and "--sampling must be one of shuffle, balanced" in text and "Traceback" not in text
     result, text = invoke(*base, "--objective-set", "class_balance=3")
     assert result.exit_code == 2 and "class_balance must be true or false" in text
+
+
+def test_a_balanced_run_resumed_mid_epoch_ends_bit_identical(multilabel_set, tmp_path):
+    """Resume skips exactly the balanced draws already trained on (BalancedSampler.set_epoch(epoch, skip))."""
+    from training.config import TrainConfig
+    from training.trainer import Trainer
+
+    def config(out, **kw):
+        return TrainConfig(
+            model="zorro_tiny", data=multilabel_set, out=out, steps=3, batch_size=2, lr=1e-3, workers=0, progress=False,
+            log_every=1, eval_split=None, class_cap=6, sampling="balanced", objective_options={"class_balance": True}, **kw,
+        )  # fmt: skip
+
+    straight = Trainer(config(tmp_path / "straight"))
+    assert straight.steps_per_epoch > 3  # the resume below is mid-epoch
+    straight.fit()
+    Trainer(config(tmp_path / "split", stop_at=1)).fit()
+    Trainer(config(tmp_path / "split", resume=True)).fit()
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "split" / "last.pt", weights_only=False)
+    assert a["step"] == b["step"] == 3
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key

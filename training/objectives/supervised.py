@@ -13,8 +13,8 @@ as the targets are when mixup is on, before label smoothing (smoothing would giv
 every class).
 
 Evaluation: each head on its clips, the served prediction (mean of a clip's heads) and each
-kind of clip, top-1 / top-5 / mAP (training/evaluate.py `score_outputs`); the score is the
-served top-1 (mAP for multi-label data).
+kind of clip, top-1 / top-5 / mAP, and AUC / d-prime for multi-label data (training/evaluate.py
+`score_outputs`); the score is the served top-1 (mAP for multi-label data).
 """
 
 from __future__ import annotations
@@ -116,7 +116,8 @@ class Supervised(Objective):
     def describe(self, result: dict[str, Any]) -> str:
         heads = ", ".join(f"{h} {m['top1']:.3f}" for h, m in result.get("heads", {}).items())
         average = result.get("average", {})
+        audioset = f", AUC {average['AUC']:.3f}, d-prime {average['d_prime']:.3f}" if "AUC" in average else ""
         return (
             f"top-1: {heads} | average {average.get('top1', float('nan')):.3f} "
-            f"(mAP {average.get('mAP', float('nan')):.3f})"
+            f"(mAP {average.get('mAP', float('nan')):.3f}{audioset})"
         )
