@@ -143,7 +143,7 @@ def data_subset(
     from dataclasses import replace
 
     from training.data.balance import cap_per_class, label_counts, write_manifest
-    from training.data.records import DatasetError, load_records
+    from training.data.records import MANIFEST_FILE, DatasetError, load_records
 
     try:
         dataset = load_records(source)
@@ -152,6 +152,8 @@ def data_subset(
     chosen = dataset.split(split).records
     if not chosen:
         fail(f"{source}: split {split!r} is empty")
+    if (out / MANIFEST_FILE).resolve() == Path(dataset.source).resolve():
+        fail(f"--out {out} holds the dataset's own {MANIFEST_FILE}; write the subset somewhere else")
     kept = set(map(id, cap_per_class(chosen, class_cap, seed)))
     in_split = set(map(id, chosen))
     records = [r for r in dataset.records if id(r) not in in_split or id(r) in kept]

@@ -148,6 +148,8 @@ class Trainer:
 
         if cfg.sampling not in SAMPLING:
             raise TrainError(f"--sampling must be one of {', '.join(SAMPLING)}, not {cfg.sampling!r}")
+        if cfg.class_cap is not None and cfg.class_cap < 1:
+            raise TrainError(f"--class-cap must be >= 1, not {cfg.class_cap}")
         self.out = Path(cfg.out)
         self.dist = D.init_distributed(cfg.device)
         self.device = self.dist.device
@@ -299,7 +301,7 @@ class Trainer:
         train_records = self.records.split(cfg.train_split)
         if len(train_records.records) == 0:
             raise TrainError(f"split {cfg.train_split!r} of {cfg.data} is empty")
-        if cfg.class_cap:  # MBT's AS-500K (training/data/balance.py)
+        if cfg.class_cap is not None:  # MBT's AS-500K (training/data/balance.py)
             from training.data.balance import cap_per_class
 
             capped = cap_per_class(train_records.records, cfg.class_cap, cfg.seed)

@@ -7,6 +7,7 @@ import csv
 import json
 import re
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -166,6 +167,8 @@ def test_data_subset_writes_a_capped_manifest(multilabel_set, tmp_path):
     assert max(label_counts(train).values()) == 4
     assert train == cap_per_class(source.split("train").records, 4, 1)  # as `train --class-cap 4 --seed 1` uses it
     assert subset.split("test").records == source.split("test").records  # other splits whole
+    result, text = invoke("data", "subset", tmp_path / "capped", "--out", tmp_path / "capped", "--class-cap", "2")
+    assert result.exit_code == 2 and "holds the dataset's own manifest.csv" in text and "Traceback" not in text
     # what write_manifest writes, read_manifest reads back unchanged (windows, captions, extra columns)
     record = ClipRecord(path=train[0].path, labels=("a", "b"), split="val", start=0.25, end=1.5, modalities="audio",
                         captions=("a dog", "barking"), extra={"source": "x"})  # fmt: skip
@@ -203,6 +206,16 @@ def test_train_with_class_balancing_then_evaluate_every_route(multilabel_set, tm
         for metrics in [*routed["heads"].values(), routed["average"]]:
             assert {"top1", "top5", "mAP", "AUC", "d_prime", "num_clips"} <= set(metrics)
             assert 0.0 <= metrics["AUC"] <= 1.0
+
+    # a split with audio-only files: the routes that need video have no clip and are skipped
+    records = load_records(multilabel_set)
+    audio_only = [replace(r, split="test") for r in records.records if r.modalities == "audio"]
+    write_manifest(replace(records, records=audio_only), tmp_path / "audio_only")
+    result, text = invoke("evaluate", "--checkpoint", out, "--data", tmp_path / "audio_only", "--route", "all", "--json")
+    assert result.exit_code == 0, text
+    scores = json.loads(text)
+    assert set(scores["routes"]) == {"audio"} and set(scores["skipped"]) == {"av", "video"}
+    assert scores["routes"]["audio"]["num_clips"] == len(audio_only)
 
 
 def test_bad_balancing_options_are_one_line_errors(multilabel_set, tmp_path):
