@@ -154,12 +154,11 @@ def data_subset(
         fail(f"{source}: split {split!r} is empty")
     if (out / MANIFEST_FILE).resolve() == Path(dataset.source).resolve():
         fail(f"--out {out} holds the dataset's own {MANIFEST_FILE}; write the subset somewhere else")
-    kept = set(map(id, cap_per_class(chosen, class_cap, seed)))
-    in_split = set(map(id, chosen))
-    records = [r for r in dataset.records if id(r) not in in_split or id(r) in kept]
-    manifest = write_manifest(replace(dataset, records=records), out)
-    before, after = label_counts(chosen), label_counts([r for r in chosen if id(r) in kept])
-    typer.echo(f"{split}: kept {len(kept)} of {len(chosen)} clips; largest class {max(before.values())} -> {max(after.values())} clips")
+    capped = cap_per_class(chosen, class_cap, seed)
+    dropped = set(map(id, chosen)) - set(map(id, capped))  # by identity: a manifest may list a clip twice
+    manifest = write_manifest(replace(dataset, records=[r for r in dataset.records if id(r) not in dropped]), out)
+    before, after = max(label_counts(chosen).values()), max(label_counts(capped).values())
+    typer.echo(f"{split}: kept {len(capped)} of {len(chosen)} clips; largest class {before} -> {after} clips")
     typer.echo(f"wrote {manifest}")
 
 
