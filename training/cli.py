@@ -177,6 +177,38 @@ def data_import(
     typer.echo(result.summary())
 
 
+@data_app.command("subset")
+def data_subset(
+    source: Annotated[Path, typer.Argument(help="A manifest CSV, or a directory (manifest.csv inside, or class folders).")],
+    out: Annotated[Path, typer.Option(help="Directory to write manifest.csv and classes.txt into (created).")],
+    class_cap: Annotated[int, typer.Option(min=1, help="At most this many clips per class (MBT's AS-500K: 200000).")],
+    split: Annotated[str, typer.Option(help="The split to cap; the other splits are kept whole.")] = "train",
+    seed: Annotated[int, typer.Option(help="Order of the greedy pass; `avserve train --class-cap --seed` uses its seed.")] = 0,
+) -> None:
+    """Write a class-capped subset of a dataset (MBT's AS-500K: clips visited in a seeded order,
+    each kept only if none of its labels has reached the cap) as a new manifest."""
+    from dataclasses import replace
+
+    from training.data.balance import cap_per_class, label_counts, write_manifest
+    from training.data.records import MANIFEST_FILE, DatasetError, load_records
+
+    try:
+        dataset = load_records(source)
+    except DatasetError as error:
+        fail(str(error))
+    chosen = dataset.split(split).records
+    if not chosen:
+        fail(f"{source}: split {split!r} is empty")
+    if (out / MANIFEST_FILE).resolve() == Path(dataset.source).resolve():
+        fail(f"--out {out} holds the dataset's own {MANIFEST_FILE}; write the subset somewhere else")
+    capped = cap_per_class(chosen, class_cap, seed)
+    dropped = set(map(id, chosen)) - set(map(id, capped))  # by identity: a manifest may list a clip twice
+    manifest = write_manifest(replace(dataset, records=[r for r in dataset.records if id(r) not in dropped]), out)
+    before, after = max(label_counts(chosen).values()), max(label_counts(capped).values())
+    typer.echo(f"{split}: kept {len(capped)} of {len(chosen)} clips; largest class {before} -> {after} clips")
+    typer.echo(f"wrote {manifest}")
+
+
 # ---- train: options derived from TrainConfig ----------------------------------------------------
 
 # Where a TrainConfig field's option differs from the derived one (name, help, default).
@@ -193,6 +225,7 @@ BOUNDS: dict[str, tuple[Any, Any]] = {
     "steps": (1, None), "batch_size": (1, None), "workers": (0, None), "warmup_steps": (0, None),
     "label_smoothing": (0.0, 1.0), "mixup_alpha": (0.0, None), "eval_every": (1, None), "log_every": (1, None),
     "max_eval_clips": (1, None), "stop_at": (1, None), "layer_decay": (0.0, 1.0),
+    "class_cap": (1, None),
 }  # fmt: skip
 
 
@@ -282,7 +315,8 @@ def evaluate(
     workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 0,
     route: Annotated[
         Optional[str],
-        typer.Option(help="Score one serving route on every clip that has its inputs: av | audio | video (others removed)."),
+        typer.Option(help="Score one serving route on every clip that has its inputs: av | audio | video (others removed); "
+                          "all: each route the model serves in turn."),
     ] = None,
     frame_sampling: Annotated[
         str, typer.Option(help="exact | fast: pick video frames as a gateway with this `sampling` does.")
@@ -298,7 +332,7 @@ def evaluate(
     clip; a pretraining run (an objective without labels) by its own objective's evaluation."""
     from training.checkpoint import CheckpointError, read_run_info
     from training.data.records import DatasetError
-    from training.evaluate import evaluate_objective, evaluate_run
+    from training.evaluate import evaluate_objective, evaluate_routes, evaluate_run
     from training.objectives import get_objective
 
     from avserve.views import ViewGrid
@@ -315,7 +349,7 @@ def evaluate(
             result = evaluate_objective(checkpoint, data, split=split, batch_size=batch_size, workers=workers)
             typer.echo(json.dumps(result, indent=2) if as_json else f"{checkpoint} on {split} ({result['num_clips']} clips, step {result['step']}, {objective}): {result['summary']}")
             return
-        result = evaluate_run(
+        result = (evaluate_routes if route == "all" else evaluate_run)(
             checkpoint, data, split=split, batch_size=batch_size or 32, workers=workers, route=route,
             frame_sampling=frame_sampling, views=grid,
         )  # fmt: skip
@@ -329,15 +363,40 @@ def evaluate(
 
     route_note = f", route {route}" if route else ""
     route_note += f", {grid.count} views ({grid.temporal} windows x {grid.spatial} crops)" if grid else ""
-    table = Table(title=f"{checkpoint} on {split}{route_note} ({result['num_clips']} clips, step {result['step']})")
-    for column in ("prediction", "clips", "top-1", "top-5", "mAP"):
-        table.add_column(column, justify="left" if column == "prediction" else "right")
+    clips = f"{result['num_clips']} clips, " if "num_clips" in result else ""
+    table = Table(title=f"{checkpoint} on {split}{route_note} ({clips}step {result['step']})")
+    metrics = _metric_columns(result.get("multilabel", False))
+    for column in ("route", "prediction", "clips", *metrics.values()):
+        if column != "route" or route == "all":
+            table.add_column(column, justify="left" if column in ("route", "prediction") else "right")
+    routes = result["routes"] if route == "all" else {route: result}
+    for route_name, route_result in routes.items():
+        for row, (name, m) in enumerate(_prediction_rows(route_result, by_modalities=route != "all")):
+            cells = [str(m["num_clips"]), *(f"{m[key]:.3f}" for key in metrics)]
+            if route == "all":  # the route named once per section; "served" short enough for 80 columns
+                cells = [route_name if row == 0 else "", name.replace(" (mean of heads)", ""), *cells]
+            else:
+                cells = [name, *cells]
+            table.add_row(*cells)
+        if route == "all":
+            table.add_section()
+    Console().print(table)
+    for route_name, why in result.get("skipped", {}).items():
+        typer.echo(f"route {route_name} skipped: {why}")
+
+
+def _metric_columns(multilabel: bool) -> dict[str, str]:
+    """{metric key: column}: AudioSet's AUC and d-prime only for multi-label sets."""
+    columns = {"top1": "top-1", "top5": "top-5", "mAP": "mAP"}
+    return {**columns, "AUC": "AUC", "d_prime": "d-prime"} if multilabel else columns
+
+
+def _prediction_rows(result: dict[str, Any], by_modalities: bool) -> list[tuple[str, dict[str, Any]]]:
+    """(name, metrics) of each head, the served prediction and (by_modalities) each kind of clip."""
     rows = [(f"head {h}", m) for h, m in result["heads"].items()]
     rows += [("served (mean of heads)", result["average"])] if "average" in result else []
-    rows += [(f"served, {group} clips", m) for group, m in result["by_modalities"].items()]
-    for name, m in rows:
-        table.add_row(name, str(m["num_clips"]), f"{m['top1']:.3f}", f"{m['top5']:.3f}", f"{m['mAP']:.3f}")
-    Console().print(table)
+    rows += [(f"served, {group} clips", m) for group, m in result["by_modalities"].items()] if by_modalities else []
+    return rows
 
 
 def pictures(

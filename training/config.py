@@ -43,6 +43,16 @@ class TrainConfig:
     eval_split: str | None = field(default="val", metadata={"help": "Split to evaluate on (none: no evaluation; falls back to 'test')."})
     missing: str | None = field(default=None, metadata={"help": "Clips lacking a modality: zero (zero-filled, flagged) | skip (default: the objective's)."})
     modality_dropout: float = field(default=0.0, metadata={"help": "Fraction of audio+video clips made audio- or video-only per batch (trains MBT's unimodal routes)."})
+    class_cap: int | None = field(
+        default=None,
+        metadata={"help": "Train on a greedy subset with at most N clips per class, a clip counting for each of its labels "
+                          "(MBT's AS-500K: 200000); seeded, see `avserve data subset`."},
+    )  # fmt: skip
+    sampling: str = field(
+        default="shuffle",
+        metadata={"help": "shuffle: every clip once per epoch | balanced: draw clips with replacement, each with weight "
+                          "sum over its labels of 1/clips with that label (every class about equally often)."},
+    )  # fmt: skip
     amp: str = field(default="auto", metadata={"help": "Mixed precision: auto (CUDA only) | off | bf16 | fp16."})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N."})
     seed: int = field(default=0, metadata={"help": "Seed for initialisation, sampling and augmentation."})

@@ -274,9 +274,44 @@ def evaluate_run(
         "frame_sampling": frame_sampling,
         "views": str(views or ViewGrid()),
         "num_clips": len(outputs.target),
+        "multilabel": bool(info.multilabel),
     }
     result.update(score_outputs(model, outputs.logits, outputs.target, outputs.has_audio, outputs.has_video, info.multilabel))
     return result
+
+
+def servable_routes(run_dir: str | Path) -> list[str]:
+    """The ROUTES a run's model serves (its exported graphs), in ROUTES' order."""
+    from training.checkpoint import load_run
+
+    model, _ = load_run(run_dir)
+    servable = {frozenset(m) for m in model.servable_modalities}
+    return [name for name, modalities in ROUTES.items() if frozenset(modalities) in servable]
+
+
+def evaluate_routes(run_dir: str | Path, data: str | Path, split: str = "test", route: str = "all", **options: Any) -> dict[str, Any]:
+    """`evaluate_run` once per route the model serves (`avserve evaluate --route all`, hence
+    `route`, which must be "all"): {"run", "checkpoint", "step", "split", "frame_sampling",
+    "multilabel", "routes": {route: evaluate_run's result}, "skipped": {route: why}}; a route the
+    split has no clip for is skipped, not an error. `options` are evaluate_run's (batch_size,
+    workers, frame_sampling, ...)."""
+    from training.data.records import DatasetError
+
+    if route != "all":
+        raise ValueError(f"evaluate_routes scores every route (route='all'), not {route!r}")
+
+    routes: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    for name in servable_routes(run_dir):
+        try:
+            routes[name] = evaluate_run(run_dir, data, split, route=name, **options)
+        except DatasetError as error:
+            skipped[name] = str(error)
+    if not routes:
+        raise DatasetError(f"split {split!r} of {data} has no clip any route of {run_dir} can score: " + "; ".join(skipped.values()))
+    first = next(iter(routes.values()))
+    summary = {key: first[key] for key in ("run", "checkpoint", "step", "split", "frame_sampling", "views", "multilabel")}
+    return {**summary, "routes": routes, "skipped": skipped}
 
 
 def load_objective_run(run_dir: str | Path, checkpoint: str = "best"):

@@ -61,17 +61,39 @@ def head_loss(logits: torch.Tensor, soft_target: torch.Tensor, multilabel: bool)
     return -(soft_target * F.log_softmax(logits, dim=1)).sum(dim=1)
 
 
+def label_balance_weights(target: torch.Tensor) -> torch.Tensor:
+    """VATT's class balancing for AudioSet (App. A.3: "penalizing the loss value of a sample with
+    the inverse of the per-batch number of repetitive labels it carries"): per clip [B], the mean
+    over its labels c of 1 / (clips of the batch carrying c). As VATT's released code computes it
+    (vatt/modeling/backbones/audio/factory.py, `inverse_label_occurance`): with n_c = sum_i y_ic
+    and |y_i| = sum_c y_ic, w_i = sum_c y_ic / (n_c |y_i|), on the unsmoothed (possibly mixed-up,
+    so soft) targets [B, C]. A clip whose labels no other clip shares weighs 1, a clip in a batch
+    of 8 all labelled "speech" 1/8; the batch is the process's own (VATT's per-replica batch). A
+    clip without labels weighs 0."""
+    target = target.float()
+    per_class = target.sum(dim=0, keepdim=True)  # [1, C]
+    per_clip = target.sum(dim=1)  # [B]
+    inverse = torch.where(per_class > 0, 1.0 / per_class.clamp_min(1e-12), torch.zeros_like(per_class))
+    weighted = (target * inverse).sum(dim=1)
+    return torch.where(per_clip > 0, weighted / per_clip.clamp_min(1e-12), torch.zeros_like(per_clip))
+
+
 def supervised_loss(
     outputs: Mapping[str, torch.Tensor],
     soft_target: torch.Tensor,
     heads: Sequence[str],
     multilabel: bool,
     valid: Mapping[str, torch.Tensor] | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Returns (total, {head: loss}). `valid[head]` is a bool [B] mask (None = every clip)."""
+    """Returns (total, {head: loss}). `valid[head]` is a bool [B] mask (None = every clip);
+    `weights` [B] scale each clip's loss (e.g. `label_balance_weights`), the mean still over
+    the clips (VATT: weighted losses, then the batch mean)."""
     per_head: dict[str, torch.Tensor] = {}
     for head in heads:
         ex = head_loss(outputs[head], soft_target, multilabel)
+        if weights is not None:
+            ex = ex * weights.to(ex.dtype)
         if valid is not None and head in valid:
             mask = valid[head].to(ex.dtype)
             n = mask.sum()

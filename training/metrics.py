@@ -1,17 +1,29 @@
-"""Evaluation metrics: top-k accuracy and mean average precision (numpy, no sklearn).
+"""Evaluation metrics: top-k accuracy, mean average precision, ROC AUC and d-prime (numpy, no sklearn).
 
 * top-1 for single-label targets (class indices): argmax == label.
   For multi-label (multi-hot) targets: the top-scored class is one of the positives.
 * AP per class is the non-interpolated average precision (sklearn's `average_precision_score`:
   sum over distinct score thresholds of (R_n - R_{n-1}) * P_n, tied scores grouped).
   mAP averages over classes with at least one positive (classes with none are undefined and skipped).
+* AUC per class is the area under the ROC curve (sklearn's `roc_auc_score`: tied scores are one
+  threshold, i.e. a positive tied with a negative counts half). AUC macro-averages over classes
+  with both positives and negatives (the others are undefined and skipped), as AudioSet papers
+  report it (Hershey et al. 2017, "CNN architectures for large-scale audio classification";
+  VATT Table 4 reports mAP, AUC and d-prime).
+* d-prime = sqrt(2) * Phi^-1(AUC) of the macro AUC: the separation, in standard deviations, of
+  two unit-variance Gaussians whose ROC has that area (VATT: "d-prime (based on AUC)"; the AudioSet
+  baselines, e.g. AST's code, convert the averaged AUC. VATT's released code,
+  vatt/utils/eval/measures.py, instead averages the classes' d-primes, which is higher for the
+  same AUCs above 0.5 (Phi^-1 is convex there, Jensen); we follow the papers' definition).
 * factor scores: for classes made of factors (the synthetic set's sound x shape), whether a
   prediction got one factor right.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from statistics import NormalDist
 
 import numpy as np
 
@@ -64,21 +76,71 @@ def mean_average_precision(scores: np.ndarray, target: np.ndarray) -> float:
     return float(np.mean(aps)) if aps else float("nan")
 
 
-def classification_metrics(scores: np.ndarray, target: np.ndarray, multilabel: bool) -> dict:
-    """{'top1', 'top5', 'mAP', 'num_clips'} for one set of predictions.
+def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
+    """ROC AUC of one class: scores [N], positives [N] bool. NaN unless both kinds are present.
 
-    `scores` are logits or probabilities (both metrics are rank-based per row / per class, except
-    that mAP compares scores across clips, for which we use probabilities: softmax for single-label,
-    sigmoid for multi-label; pass logits and set `multilabel` accordingly).
+    The Mann-Whitney form: the probability that a random positive outscores a random negative,
+    ties counting half, from the mid-ranks of the scores. It equals the trapezoidal area under
+    sklearn's ROC curve, whose thresholds are the distinct scores."""
+    scores = np.asarray(scores, dtype=np.float64)
+    positives = np.asarray(positives).astype(bool)
+    n_pos = int(positives.sum())
+    n_neg = len(positives) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    s = scores[order]
+    # 1-based ranks, each group of tied scores given the mean of the ranks it spans
+    starts = np.r_[0, np.nonzero(np.diff(s))[0] + 1]
+    ends = np.r_[starts[1:], len(s)]
+    group_rank = (starts + 1 + ends) / 2.0
+    ranks = np.empty(len(s))
+    ranks[order] = np.repeat(group_rank, ends - starts)
+    return float((ranks[positives].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def mean_roc_auc(scores: np.ndarray, target: np.ndarray) -> float:
+    """Macro AUC over the classes that have positives and negatives (NaN if none has both)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    hot = _as_multihot(target, scores.shape[1])
+    aucs = [roc_auc(scores[:, c], hot[:, c]) for c in range(scores.shape[1])]
+    aucs = [a for a in aucs if not np.isnan(a)]
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def d_prime(auc: float) -> float:
+    """sqrt(2) * Phi^-1(AUC) (AudioSet's d-prime); +-inf at AUC 1 / 0, NaN for NaN.
+
+    The standard library's inverse normal CDF (Wichura's AS241, accurate to ~1e-16), so the
+    metric needs no scipy at run time."""
+    if np.isnan(auc):
+        return float("nan")
+    if auc >= 1.0 or auc <= 0.0:
+        return math.copysign(math.inf, auc - 0.5)
+    return math.sqrt(2.0) * NormalDist().inv_cdf(float(auc))
+
+
+def classification_metrics(scores: np.ndarray, target: np.ndarray, multilabel: bool) -> dict:
+    """{'top1', 'top5', 'mAP', 'num_clips'} for one set of predictions, and for multi-label sets
+    also 'AUC' and 'd_prime' (what AudioSet results are reported in; for single-label sets
+    top-1 and top-5 are the papers' numbers, and mAP is kept as the rank-based summary).
+
+    `scores` are logits or probabilities (all metrics are rank-based per row / per class, except
+    that mAP and AUC compare scores across clips, for which we use probabilities: softmax for
+    single-label, sigmoid for multi-label; pass logits and set `multilabel` accordingly).
     """
     scores = np.asarray(scores, dtype=np.float64)
     probs = _sigmoid(scores) if multilabel else softmax(scores)
-    return {
+    result = {
         "top1": topk_accuracy(scores, target, 1),
         "top5": topk_accuracy(scores, target, 5),
         "mAP": mean_average_precision(probs, target),
         "num_clips": int(scores.shape[0]),
     }
+    if multilabel:  # on the logits: the sigmoid keeps each class's order but rounds large ones into ties
+        result["AUC"] = mean_roc_auc(scores, target)
+        result["d_prime"] = d_prime(result["AUC"])
+    return result
 
 
 def factor_scores(logits: np.ndarray, target: np.ndarray, class_factors: Sequence[str]) -> dict[str, float]:

@@ -29,6 +29,11 @@ for each clip (e.g. a head's loss only on the clips that head serves). `modality
 (objectives that support it) turns a fraction p of the audio+video clips of each batch into
 audio-only or video-only ones.
 
+Unbalanced multi-label sets (docs/multilabel.md, training/data/balance.py): `class_cap=N` trains
+on MBT's greedy subset with at most N clips per class; `sampling="balanced"` draws each epoch
+with replacement, weighted by the inverse frequency of each clip's labels, under the same
+(seed, epoch) contract as the shuffle, so resume and DDP sharding are unchanged.
+
 Files (rank 0 only): RUN_DIR/run.json, last.pt, best.pt, metrics.jsonl, eval.json (see
 training.checkpoint). `resume=True` restores model, the objective's modules, optimiser,
 scheduler, grad scaler, step, best metric and RNG states from last.pt and continues mid-epoch at
@@ -139,6 +144,12 @@ class Trainer:
         if cfg.missing not in (None, "zero", "skip"):
             raise TrainError(f"--missing must be zero or skip, not {cfg.missing!r}")
         self.missing = cfg.missing or self.objective_type.default_missing
+        from training.data.balance import SAMPLING
+
+        if cfg.sampling not in SAMPLING:
+            raise TrainError(f"--sampling must be one of {', '.join(SAMPLING)}, not {cfg.sampling!r}")
+        if cfg.class_cap is not None and cfg.class_cap < 1:
+            raise TrainError(f"--class-cap must be >= 1, not {cfg.class_cap}")
         self.out = Path(cfg.out)
         self.dist = D.init_distributed(cfg.device)
         self.device = self.dist.device
@@ -290,6 +301,12 @@ class Trainer:
         train_records = self.records.split(cfg.train_split)
         if len(train_records.records) == 0:
             raise TrainError(f"split {cfg.train_split!r} of {cfg.data} is empty")
+        if cfg.class_cap is not None:  # MBT's AS-500K (training/data/balance.py)
+            from training.data.balance import cap_per_class
+
+            capped = cap_per_class(train_records.records, cfg.class_cap, cfg.seed)
+            self._log(f"--class-cap {cfg.class_cap}: training on {len(capped)} of {len(train_records.records)} clips")
+            train_records = replace(train_records, records=capped)
         eval_records = None
         self.eval_split = None
         if cfg.eval_split:
@@ -401,6 +418,8 @@ class Trainer:
                 "eval_clips": len(self.eval_set) if self.eval_set else 0,
                 "missing_modality": self.missing,
                 "modality_dropout": cfg.modality_dropout,
+                "class_cap": cfg.class_cap,
+                "sampling": cfg.sampling,
                 "dropped_train_clips": self.train_set.num_dropped,
                 "amp": str(self.amp_dtype).replace("torch.", "") if self.amp_dtype else "off",
                 "device": str(self.device),
@@ -420,14 +439,13 @@ class Trainer:
         from training.data.dataset import EpochSampler, collate
 
         cfg = self.cfg
-        sampler = EpochSampler(
-            len(dataset),
-            shuffle=train,
-            seed=cfg.seed,
-            num_replicas=self.dist.world_size,
-            rank=self.dist.rank,
-            drop_last=train and self.drop_last,
-        )
+        shard = dict(seed=cfg.seed, num_replicas=self.dist.world_size, rank=self.dist.rank, drop_last=train and self.drop_last)
+        if train and cfg.sampling == "balanced":
+            from training.data.balance import BalancedSampler, inverse_frequency_weights
+
+            sampler = BalancedSampler(inverse_frequency_weights(dataset.records), **shard)
+        else:
+            sampler = EpochSampler(len(dataset), shuffle=train, **shard)
         sampler.set_epoch(epoch, skip)
         loader = torch.utils.data.DataLoader(
             dataset,

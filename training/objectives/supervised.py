@@ -6,13 +6,20 @@ MBT learns its unimodal routes), then the model on the mixed batch with each cli
 flags (training/models/base.py, "Mixed batches"). Each head's loss counts only the clips the
 head exists for (`model.heads_for(present)`), training/losses.py `supervised_loss`.
 
+Option `class_balance` (`--objective-set class_balance=true`; VATT's AudioSet fine-tuning):
+each clip's loss is scaled by the mean over its labels of 1 / (clips of the batch sharing the
+label), training/losses.py `label_balance_weights`. Computed on the batch's own labels, mixed up
+as the targets are when mixup is on, before label smoothing (smoothing would give every clip
+every class).
+
 Evaluation: each head on its clips, the served prediction (mean of a clip's heads) and each
-kind of clip, top-1 / top-5 / mAP (training/evaluate.py `score_outputs`); the score is the
-served top-1 (mAP for multi-label data).
+kind of clip, top-1 / top-5 / mAP, and AUC / d-prime for multi-label data (training/evaluate.py
+`score_outputs`); the score is the served top-1 (mAP for multi-label data).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -20,15 +27,25 @@ from torch import Tensor, nn
 
 from training.augment import drop_modalities, mixup
 from training.evaluate import batch_logits, presence, score_outputs, valid_head_masks
-from training.losses import smooth_targets, supervised_loss
+from training.losses import label_balance_weights, smooth_targets, supervised_loss
 from training.models import AVClassifier
 
 from .base import Objective, ObjectiveSetup, StepContext, detached, register_objective
 
 
+@dataclass(frozen=True)
+class SupervisedOptions:
+    class_balance: bool = False  # VATT App. A.3: a clip's loss / the per-batch count of its labels
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.class_balance, bool):
+            raise ValueError(f"class_balance must be true or false, not {self.class_balance!r}")
+
+
 @register_objective
 class Supervised(Objective):
     name = "supervised"
+    Options = SupervisedOptions
     supports_modality_dropout = True
 
     def __init__(self, setup: ObjectiveSetup):
@@ -37,6 +54,8 @@ class Supervised(Objective):
         self.multilabel = setup.multilabel
         self.recipe = setup.recipe
         self.modality_dropout = setup.modality_dropout
+        if not isinstance(self.options, SupervisedOptions):  # a setup made without options: the defaults
+            self.options = SupervisedOptions()
 
     @classmethod
     def default_recipe(cls, finetune: bool) -> str:
@@ -49,6 +68,7 @@ class Supervised(Objective):
         audio, video = ctx.inputs(batch)
         has_audio, has_video = batch["has_audio"], batch["has_video"]
         logs: dict[str, float] = {}
+        labels = smooth_targets(batch["target"].to(ctx.device), self.num_classes)  # [B, C], unsmoothed
         target = smooth_targets(batch["target"].to(ctx.device), self.num_classes, self.recipe.label_smoothing)
         if self.recipe.mixup_alpha > 0:
             mixed = mixup(
@@ -62,6 +82,7 @@ class Supervised(Objective):
                 per_modality=self.recipe.modality_mixup,
             )
             audio, video, target = mixed.audio, mixed.video, mixed.target
+            labels = mixed.lam * labels + (1.0 - mixed.lam) * labels[mixed.perm]
             has_audio, has_video = mixed.has_audio, mixed.has_video
             logs["mixup_lambda"] = mixed.lam
         if self.modality_dropout > 0:
@@ -72,7 +93,8 @@ class Supervised(Objective):
         valid = {head: torch.from_numpy(mask).to(ctx.device) for head, mask in masks.items()}
         with ctx.autocast():
             out = net(audio=audio, video=video, present=presence(audio, video, has_audio, has_video, ctx.device))
-        loss, per_head = supervised_loss(out, target, ctx.model.head_names, self.multilabel, valid)
+        weights = label_balance_weights(labels) if self.options.class_balance else None
+        loss, per_head = supervised_loss(out, target, ctx.model.head_names, self.multilabel, valid, weights)
         logs.update(detached(per_head, "loss/"))
         return loss, logs
 
@@ -94,7 +116,8 @@ class Supervised(Objective):
     def describe(self, result: dict[str, Any]) -> str:
         heads = ", ".join(f"{h} {m['top1']:.3f}" for h, m in result.get("heads", {}).items())
         average = result.get("average", {})
+        audioset = f", AUC {average['AUC']:.3f}, d-prime {average['d_prime']:.3f}" if "AUC" in average else ""
         return (
             f"top-1: {heads} | average {average.get('top1', float('nan')):.3f} "
-            f"(mAP {average.get('mAP', float('nan')):.3f})"
+            f"(mAP {average.get('mAP', float('nan')):.3f}{audioset})"
         )
