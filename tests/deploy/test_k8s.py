@@ -510,7 +510,7 @@ def test_training_image_holds_the_training_code():
 
 # Run locally: the manifest's train arguments with the model, data, size and output swapped for
 # a seconds-long run; everything else (--resume, --no-progress, ...) as the manifest has it.
-LOCAL_TRAIN = {"--model": "zorro_tiny", "--steps": "8", "--batch-size": "2", "--workers": "0", "--eval-every": "2", "--log-every": "1"}
+LOCAL_TRAIN = {"--model": "zorro_tiny", "--steps": "4", "--batch-size": "2", "--workers": "0", "--eval-every": "2", "--log-every": "1"}
 TINY = ["--set", "dim=32", "--set", "depth=2", "--set", "num_heads=2", "--set", "n_fusion=2", "--set", "decoder_qk_dim=16",
         "--set", "decoder_v_dim=16", "--max-eval-clips", "2"]  # fmt: skip
 
@@ -523,19 +523,18 @@ def local_command(train: list[str], data: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "avserve.cli", "train", *args, *TINY]
 
 
-def test_the_training_command_resumes_after_its_pods_are_killed(tmp_path):
+def test_the_training_command_resumes_after_its_pods_are_killed(tmp_path, shared_dataset):
     """What a pod restart does to the Indexed Job's (and PyTorchJob's) command: torchrun and both
     ranks SIGKILLed together once a checkpoint is on disk, then the same command again, which
     resumes from last.pt and finishes the run with each metrics row once."""
     import torch
 
     from training import checkpoint as ckpt
-    from training.data.synth import generate_dataset
 
     _, train = train_command(container(find(render("training/indexed-job"), "Job")["spec"]["template"])["command"])
     for name in LOCAL_TRAIN:
         flag(train, name)
-    data = Path(generate_dataset(tmp_path / "data", clips=12, seed=0, progress=False)).parent
+    data = shared_dataset("k8s-train", clips=12, seed=0)  # audio+video clips and a few unimodal ones
     out = tmp_path / "checkpoints" / "run"
     command = local_command(train, data, out)
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
