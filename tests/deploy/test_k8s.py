@@ -51,9 +51,19 @@ CRD_SCHEMAS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring-v1.json",
     ("kubeflow.org/v1", "PyTorchJob"): "pytorchjob-kubeflow-v1.json",
 }
-sys.path.insert(0, str(ROOT / "scripts"))
-import k8s_monitoring  # noqa: E402
-import k8s_sizing  # noqa: E402
+
+
+def script(name: str):
+    """A module of scripts/ (tools run by path, not an installed package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+k8s_monitoring, k8s_sizing = script("k8s_monitoring"), script("k8s_sizing")
 
 
 def kubectl() -> str:
