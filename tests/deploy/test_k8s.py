@@ -267,6 +267,9 @@ def test_gateway_matches_its_settings_image_and_compose():
     assert parse_quantity(upload_volume["sizeLimit"]) >= settings.max_in_flight_requests * settings.max_upload_bytes
     # one decoding worker per requested core (docs/deploy.md, *Sizing*)
     assert int(variables["AVSERVE_DECODE_WORKERS"]["value"]) == float(gateway["resources"]["requests"]["cpu"])
+    # a stopping pod leaves the endpoints, then finishes what it has, within its grace period
+    pre_stop = int(gateway["lifecycle"]["preStop"]["exec"]["command"][1])
+    assert template["spec"]["terminationGracePeriodSeconds"] > pre_stop + GatewaySettings().request_timeout_seconds
     # the readiness probe waits longer than the gateway's own wait for Triton
     assert gateway["readinessProbe"]["timeoutSeconds"] > GatewaySettings().backend_ready_timeout_seconds
     assert template["spec"]["securityContext"]["runAsUser"] == dockerfile_uid(ROOT / "deploy" / "gateway.Dockerfile")
