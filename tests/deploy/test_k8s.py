@@ -514,7 +514,8 @@ def test_training_image_holds_the_training_code():
     ignore = (ROOT / "deploy" / "train.Dockerfile.dockerignore").read_text().split()
     for source in re.findall(r"^COPY\s+(.+)\s+\S+$", dockerfile, flags=re.MULTILINE):
         for path in source.split():
-            assert (ROOT / path).exists() and f"!{path.rstrip('/')}/" in ignore or f"!{path}" in ignore, path
+            assert (ROOT / path).exists(), path
+            assert f"!{path}/" in ignore or f"!{path}" in ignore, f"{path} is excluded from the build context"
     image = container(find(render("training/indexed-job"), "Job")["spec"]["template"])["image"]
     assert image.split(":")[0] == "avserve-train"
     uid = dockerfile_uid(ROOT / "deploy" / "train.Dockerfile")
