@@ -385,7 +385,7 @@ def test_triton_matches_compose_flags_ports_and_health_endpoints():
 
 def test_gpu_overlay_gives_triton_a_gpu_and_the_cpu_overlay_none():
     gpu = container(find(render("overlays/gpu"), "Deployment", "triton")["spec"]["template"], "triton")
-    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert gpu["resources"]["requests"]["nvidia.com/gpu"] == gpu["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert gpu["command"] == container(find(render("base"), "Deployment", "triton")["spec"]["template"])["command"]
     cpu = container(find(render("overlays/cpu"), "Deployment", "triton")["spec"]["template"], "triton")
     assert "nvidia.com/gpu" not in cpu["resources"].get("limits", {})
