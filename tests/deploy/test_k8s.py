@@ -7,7 +7,7 @@
   deploy/k8s/schemas/ (scripts/k8s_crd_schemas.py);
 - the references a cluster would only find broken at run time: selectors and labels, named
   ports, probe paths and ports against the real gateway (started with the manifest's
-  environment) and Triton's flags, the HPA's metric in the gateway's /metrics, images against
+  environment) and a real tritonserver of the same release (started with the manifest's flags), the HPA's metric in the gateway's /metrics, images against
   docker-compose.yml, the PrometheusRule and dashboard against the files promtool and the
   compose Grafana use, the training launchers' torchrun settings against each other;
 - the training job's command line, run locally under torchrun with 2 processes, SIGKILLed after
@@ -381,6 +381,46 @@ def test_triton_matches_compose_flags_ports_and_health_endpoints():
     assert mounts[config["data"]["MODEL_REPOSITORY"]]["readOnly"] is True
     assert flag(triton["command"], "--model-control-mode") == "poll"
     assert template["spec"]["securityContext"]["runAsUser"] != 0
+
+
+def test_triton_starts_with_the_manifest_command(tmp_path):
+    """The manifest's command line run by a real tritonserver of the same release (the one the
+    [triton] extra bundles: Triton 2.51, as the NGC 24.10 image), ports moved to free ones and
+    $(MODEL_REPOSITORY) an empty directory: it accepts every flag, and the probes' endpoints and
+    the metrics port answer."""
+    from avserve.triton.install import find_triton
+
+    install = find_triton()
+    repository = tmp_path / "models"
+    repository.mkdir()
+    objects = render("base")
+    triton = container(find(objects, "Deployment", "triton")["spec"]["template"], "triton")
+    ports = {p["name"]: free_port() for p in triton["ports"]}
+    moved = {"--http-port": ports["http"], "--grpc-port": ports["grpc"], "--metrics-port": ports["metrics"]}
+    command = [str(install.binary)]
+    for arg in triton["command"][1:]:
+        name = arg.split("=")[0]
+        command.append(f"{name}={moved[name]}" if name in moved else arg.replace("$(MODEL_REPOSITORY)", str(repository)))
+    environment = {**os.environ, "LD_LIBRARY_PATH": str(install.libs)}
+    log = tmp_path / "triton.log"
+    process = subprocess.Popen(command, env=environment, cwd=tmp_path, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        probes = {kind: triton[kind]["httpGet"] for kind in ("startupProbe", "livenessProbe", "readinessProbe")}
+        deadline = time.monotonic() + 60
+        while status(f"http://127.0.0.1:{ports['http']}{probes['livenessProbe']['path']}") != 200:
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        for probe in probes.values():
+            assert status(f"http://127.0.0.1:{ports[probe['port']]}{probe['path']}") == 200, probe
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/v2", timeout=5) as response:
+            assert json.loads(response.read())["version"] == "2.51.0"  # what the NGC image's tag (24.10) holds
+        assert status(f"http://127.0.0.1:{ports['metrics']}/metrics") == 200
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    # not vacuous: a misspelt flag stops it
+    broken = subprocess.run([*command, "--model-controll-mode=poll"], env=environment, capture_output=True, text=True, timeout=60)
+    assert broken.returncode != 0 and "unrecognized option" in broken.stdout + broken.stderr
 
 
 def test_gpu_overlay_gives_triton_a_gpu_and_the_cpu_overlay_none():
