@@ -320,6 +320,9 @@ def test_gateway_probes_ports_and_hpa_metric_on_the_real_gateway(tmp_path):
             assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "gateway.log").read_text()[-3000:]
             time.sleep(0.2)
         assert status(f"http://127.0.0.1:{ports[readiness['port']]}{readiness['path']}") == 503
+        while status(f"http://127.0.0.1:{metrics_port}/metrics") != 200:  # a listener of its own: may come a moment later
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "gateway.log").read_text()[-3000:]
+            time.sleep(0.1)
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as response:
             exposition = response.read().decode()
         hpa = find(objects, "HorizontalPodAutoscaler", "gateway")
@@ -414,7 +417,9 @@ def test_triton_starts_with_the_manifest_command(tmp_path):
             assert status(f"http://127.0.0.1:{ports[probe['port']]}{probe['path']}") == 200, probe
         with urllib.request.urlopen(f"http://127.0.0.1:{ports['http']}/v2", timeout=5) as response:
             assert json.loads(response.read())["version"] == "2.51.0"  # what the NGC image's tag (24.10) holds
-        assert status(f"http://127.0.0.1:{ports['metrics']}/metrics") == 200
+        while status(f"http://127.0.0.1:{ports['metrics']}/metrics") != 200:  # its listener may start a moment later
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
     finally:
         process.terminate()
         process.wait(timeout=60)
