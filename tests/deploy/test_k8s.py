@@ -193,6 +193,8 @@ def test_selectors_ports_and_volumes_line_up(kustomization):
         if obj["kind"] == "Deployment":
             selector = obj["spec"]["selector"]["matchLabels"]
             assert matches(selector, obj["spec"]["template"]["metadata"]["labels"]), obj["metadata"]["name"]
+            for spread in obj["spec"]["template"]["spec"].get("topologySpreadConstraints", []):
+                assert matches(spread["labelSelector"]["matchLabels"], obj["spec"]["template"]["metadata"]["labels"])
         if obj["kind"] == "Service":
             selected = [t for _, t in templates if matches(obj["spec"]["selector"], t["metadata"]["labels"])]
             assert selected, f"Service {obj['metadata']['name']} selects no pods"
