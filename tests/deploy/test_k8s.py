@@ -570,8 +570,9 @@ def test_training_image_holds_the_training_code():
 
 
 # Run locally: the manifest's train arguments with the model, data, size and output swapped for
-# a seconds-long run; everything else (--resume, --no-progress, ...) as the manifest has it.
-LOCAL_TRAIN = {"--model": "zorro_tiny", "--steps": "4", "--batch-size": "2", "--workers": "0", "--eval-every": "2", "--log-every": "1"}
+# a seconds-long run; everything else (--resume, --no-progress, ...) as the manifest has it. The
+# kill lands after step 2's checkpoint: 4 steps more give the test's polling ample time to see it.
+LOCAL_TRAIN = {"--model": "zorro_tiny", "--steps": "6", "--batch-size": "2", "--workers": "0", "--eval-every": "2", "--log-every": "1"}
 TINY = ["--set", "dim=32", "--set", "depth=2", "--set", "num_heads=2", "--set", "n_fusion=2", "--set", "decoder_qk_dim=16",
         "--set", "decoder_v_dim=16", "--max-eval-clips", "2"]  # fmt: skip
 
