@@ -12,8 +12,10 @@ PYTHON="${PYTHON:-python3.11}"
 command -v "$PYTHON" >/dev/null || PYTHON=python3
 
 missing=()
-while read -r pkg; do
+while read -r pkg cmd; do
   [[ -z "$pkg" || "$pkg" == \#* ]] && continue
+  # "PACKAGE COMMAND": a COMMAND already on PATH (another package's) stands in for PACKAGE
+  [[ -n "$cmd" ]] && command -v "$cmd" >/dev/null && continue
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
 done < scripts/system-packages.txt
 if ((${#missing[@]})); then

@@ -84,14 +84,14 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 
 def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Averages scalar logs over ranks (for logging only)."""
-    if not is_distributed() or not values:
+    """Averages scalar logs over ranks (for logging only). Ranks may log different keys (a
+    head's loss is only there when the rank's clips reached that head): a key is averaged over
+    the ranks that have it. Every rank must call this, whatever it holds."""
+    if not is_distributed():
         return values
-    keys = sorted(values)
-    t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    t /= dist.get_world_size()
-    return dict(zip(keys, t.tolist()))
+    every = all_gather_objects({k: float(v) for k, v in values.items()})
+    keys = sorted(set().union(*every))
+    return {k: sum(rank[k] for rank in every if k in rank) / sum(k in rank for rank in every) for k in keys}
 
 
 def cleanup() -> None:

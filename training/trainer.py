@@ -376,7 +376,12 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DDP(self.net, device_ids=ids, find_unused_parameters=not self.objective.uses_every_parameter)
+            # A head's loss counts only the clips it serves: with zero-filled or dropped-out
+            # modalities one rank's batch can leave a head without gradient while another's does
+            # not, and DDP must be told to look (else the ranks' all-reduces fall out of step).
+            partial_batches = self.missing == "zero" or cfg.modality_dropout > 0
+            unused = partial_batches or not self.objective.uses_every_parameter
+            self.ddp = DDP(self.net, device_ids=ids, find_unused_parameters=unused)
 
     def _setup_state(self) -> None:
         """Step, best metric, random generators (restored on resume) and run.json's record."""
