@@ -175,7 +175,7 @@ def data_cache(
     if result.failed:
         for clip in result.failed:
             typer.echo(f"  failed: {clip['path']}: {clip['error']}", err=True)
-        fail(f"{len(result.failed)} clip(s) could not be decoded and are not in the cache (listed under 'failed' in {out / 'cache.json'})")
+        fail(f"{len(result.failed)} clip(s) could not be decoded and are not in the cache (listed under 'failed' in {out / 'cache.json'})", code=1)
 
 
 def _model_preprocessing(model: str) -> dict[str, Any]:
