@@ -291,7 +291,7 @@ def build_cache(
     else:
         records = list(dataset.records)
     if not records:
-        raise CacheError(f"{dataset.source}: no clips in the splits {', '.join(splits or [])}")
+        raise CacheError(f"{dataset.source}: no clips in the splits {', '.join(splits or [])} (--splits '' caches every clip)")
 
     jobs = [(position, record, spec) for position, record in enumerate(records)]
     entries: list[dict[str, Any]] = []
@@ -307,7 +307,7 @@ def build_cache(
         writer.close()
         writer = None
         shards[-1].update(bytes=shard_path.stat().st_size, sha256=_file_sha256(shard_path))
-        _index_members(shard_path, [e for e in entries if e["shard"] == len(shards) - 1])
+        _index_members(shard_path, entries[-shards[-1]["clips"]:])
 
     bar = None
     if progress:
@@ -381,6 +381,9 @@ def _index_members(shard: Path, entries: list[dict[str, Any]]) -> None:
                 if slot["size"] != member.size:
                     raise CacheError(f"{shard}: member {member.name} has {member.size} bytes, {slot['size']} were written")
                 slot["offset"] = member.offset_data
+    unindexed = [f"{e['key']}.{f}" for e in entries for f, slot in e["members"].items() if "offset" not in slot]
+    if unindexed:
+        raise CacheError(f"{shard}: members missing from the written shard: {', '.join(unindexed[:5])}")
 
 
 def _run_jobs(jobs: list, workers: int):
