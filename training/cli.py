@@ -154,6 +154,8 @@ def data_cache(
 ) -> None:
     """Decode a dataset once, at a model's training resolution, into shards that `avserve train
     --data CACHE` reads without decoding (augmentation stays random per epoch)."""
+    if importlib.util.find_spec("webdataset") is None:  # the shards' writer comes with the [train] extra
+        fail(f"avserve data cache needs the [train] extra: {TRAIN_EXTRA_HINT}")
     from training.data.cache import CacheError, CacheSpec, build_cache, parse_size
     from training.data.records import DatasetError, load_records
 

@@ -275,8 +275,9 @@ def build_cache(
 ) -> BuildResult:
     """Decode the clips of `splits` (None: every clip) of `dataset` into a cache at `out`.
 
-    Clips are written in the dataset's order (so a split's clip i in the cache is its clip i in
-    the dataset, and (seed, epoch, index) draws the same randomness from either); decoding runs
+    Clips are written in the dataset's order (so, unless a clip failed, a split's clip i in the
+    cache is its clip i in the dataset, and (seed, epoch, index) draws the same randomness from
+    either); decoding runs
     in `workers` processes. cache.json is written last: a directory without it is no cache.
     """
     import webdataset
