@@ -55,7 +55,7 @@ import os
 import zlib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -123,11 +123,11 @@ class CacheSpec:
         return self.clip_seconds / (self.num_frames * self.frame_oversample)
 
     def describe(self, names: Sequence[str] | None = None) -> str:
-        return ", ".join(f"{name} {getattr(self, name):g}" for name in (names or [f.name for f in fields(self)]))
+        return _describe(asdict(self), names or [f.name for f in fields(self)])
 
-    def mismatch(self, other: "CacheSpec") -> list[str]:
-        """The preprocessing fields in which `other` differs."""
-        return [name for name in self.MATCHED if getattr(self, name) != getattr(other, name)]
+
+def _describe(values: Mapping[str, Any], names: Sequence[str]) -> str:
+    return ", ".join(f"{name} {values[name]:g}" for name in names)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -441,13 +441,14 @@ class DataCache:
     def position_of(self, record: ClipRecord) -> int:
         return self._position[record]
 
-    def check_preprocessing(self, wanted: CacheSpec, what: str) -> None:
-        """CacheError unless the cache was built for `wanted`'s preprocessing."""
-        differing = self.spec.mismatch(wanted)
+    def check_preprocessing(self, wanted: Mapping[str, Any], what: str) -> None:
+        """CacheError unless the cache was built for `wanted`'s sample_rate, clip_seconds,
+        num_frames, image_size and train_decode_size."""
+        differing = [name for name in CacheSpec.MATCHED if getattr(self.spec, name) != wanted[name]]
         if differing:
             raise CacheError(
                 f"{self.directory} was built for {self.spec.describe(differing)}, but {what} needs "
-                f"{wanted.describe(differing)}; build a cache for it (avserve data cache --model ...)"
+                f"{_describe(wanted, differing)}; build a cache for it (avserve data cache --model ...)"
             )
 
     def _fd(self, shard: int) -> int:

@@ -13,30 +13,26 @@ cache time), so the window rule, the (seed, epoch, index) generator, targets, fl
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from training.augment import augment_video
-from training.data.cache import CacheError, CacheSpec, DataCache
+from training.data.cache import CacheError, DataCache
 from training.data.dataset import AVClipDataset, Preprocessing, SampleError
-
-
-def cache_spec_of(preprocessing: Preprocessing, train_decode_size: int) -> CacheSpec:
-    """The cache preprocessing a dataset with these settings reads (for the mismatch check)."""
-    p = preprocessing
-    return CacheSpec(p.sample_rate, p.clip_seconds, p.num_frames, p.image_size, int(train_decode_size),
-                     max_span_seconds=max(p.clip_seconds, 30.0))  # fmt: skip
 
 
 class CachedClipDataset(AVClipDataset):
     def __init__(self, cache: DataCache, records: Sequence, classes: Sequence[str], multilabel: bool,
                  preprocessing: Preprocessing, *, train: bool, **options: Any):  # fmt: skip
         if options.get("frame_sampling", "exact") != "exact":
-            raise CacheError(f"{cache.directory} holds exactly sampled eval frames; frame_sampling {options['frame_sampling']!r} needs the raw files")
+            raise CacheError(
+                f"{cache.directory} holds exactly sampled eval frames; frame_sampling {options['frame_sampling']!r} needs the raw files"
+            )
         super().__init__(records, classes, multilabel, preprocessing, train=train, **options)
-        cache.check_preprocessing(cache_spec_of(preprocessing, self.train_decode_size), "the model")
+        cache.check_preprocessing({**asdict(preprocessing), "train_decode_size": self.train_decode_size}, "the model")
         self.cache = cache
         self._positions = [cache.position_of(record) for record in self.records]
         self._position: int | None = None  # the cache position of the item being read
