@@ -172,11 +172,16 @@ def decode_clip(record: ClipRecord, spec: CacheSpec) -> DecodedClip:
     """Decode one clip's span and eval window; raises MediaError (or any decoder error)."""
     from dataclasses import replace
 
-    from avserve.media import decode_audio, decode_video, probe
+    from avserve.media import DEFAULT_LIMITS, decode_audio, decode_video, probe
 
     path = str(record.path)
     info = probe(path)
     present = [m for m, ok in (("audio", info.has_audio), ("video", info.has_video)) if ok]
+    if record.modalities:  # AVClipDataset trusts the manifest, and would fail decoding a missing track
+        declared = record.modalities.split("+")
+        if not set(declared) <= set(present):
+            raise ValueError(f"the manifest says {record.modalities}, but the file has {'+'.join(present) or 'no stream'}")
+        present = [m for m in present if m in declared]
     start, end = resolve_span(record, info.duration, spec)
     eval_start = _eval_start(start, end, spec)
     arrays: dict[str, np.ndarray] = {}
@@ -191,7 +196,8 @@ def decode_clip(record: ClipRecord, spec: CacheSpec) -> DecodedClip:
         arrays["eval_audio"] = _fit(window.samples, spec.clip_samples)
     if "video" in present:
         count = max(1, int(round(span_seconds / spec.grid_step)))
-        span = decode_video(path, num_frames=count, size=spec.train_decode_size, start=start, duration=count * spec.grid_step)
+        duration = min(count * spec.grid_step, DEFAULT_LIMITS.max_decode_seconds)  # rounding must not pass the limit
+        span = decode_video(path, num_frames=count, size=spec.train_decode_size, start=start, duration=duration)
         arrays["span_video"] = np.ascontiguousarray(span.frames)
         grid = [float(t) for t in span.targets]
         window = decode_video(path, num_frames=spec.num_frames, size=spec.image_size, start=eval_start, duration=spec.clip_seconds)
