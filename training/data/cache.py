@@ -68,7 +68,6 @@ SHARD_PATTERN = "shard-{:06d}.tar"
 TRAIN_DECODE_SCALE = 1.15  # AVClipDataset's train_decode_scale: frames decoded 15 % larger before the random crop
 DEFAULT_MAX_SPAN_SECONDS = 30.0
 DEFAULT_SHARD_BYTES = 1 << 30  # 1 GiB: webdataset's advice is shards of 100 MB to a few GB
-FIELDS = ("span_audio", "span_video", "eval_audio", "eval_video")
 
 
 class CacheError(ValueError):
