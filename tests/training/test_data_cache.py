@@ -130,7 +130,7 @@ def test_a_rank_reads_only_its_own_clips_and_shards(built):
     positions = {mine._positions[i] for i in indices}
     assert cache.touched == positions
     shards = {cache.entries[p]["shard"] for p in positions}
-    assert set(cache._files) == shards
+    assert cache.opened_shards == shards
     assert len(shards) < len(cache.index["shards"])
 
 

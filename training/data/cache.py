@@ -137,7 +137,9 @@ def _describe(values: Mapping[str, Any], names: Sequence[str]) -> str:
 class DecodedClip:
     record: ClipRecord  # start, end and modalities resolved
     arrays: dict[str, np.ndarray]
-    grid: list[float]  # clip times of span_video's frames
+    # span_video's frame times, first + i * step (the decoder's segment centres are evenly spaced);
+    # three numbers rather than a list keep cache.json small for datasets of 100k clips
+    grid: dict[str, float]
 
 
 def resolve_span(record: ClipRecord, duration: float | None, spec: CacheSpec) -> tuple[float, float]:
@@ -184,7 +186,7 @@ def decode_clip(record: ClipRecord, spec: CacheSpec) -> DecodedClip:
     start, end = resolve_span(record, info.duration, spec)
     eval_start = _eval_start(start, end, spec)
     arrays: dict[str, np.ndarray] = {}
-    grid: list[float] = []
+    grid: dict[str, float] = {}
     # the grid covers every window the train rule can draw (a short span's one window included)
     span_seconds = max(end - start, spec.clip_seconds)
     if "audio" in present:
@@ -198,7 +200,8 @@ def decode_clip(record: ClipRecord, spec: CacheSpec) -> DecodedClip:
         duration = min(count * spec.grid_step, DEFAULT_LIMITS.max_decode_seconds)  # rounding must not pass the limit
         span = decode_video(path, num_frames=count, size=spec.train_decode_size, start=start, duration=duration)
         arrays["span_video"] = np.ascontiguousarray(span.frames)
-        grid = [float(t) for t in span.targets]
+        times = span.targets
+        grid = {"first": float(times[0]), "step": float((times[-1] - times[0]) / max(1, len(times) - 1)), "count": len(times)}
         window = decode_video(path, num_frames=spec.num_frames, size=spec.image_size, start=eval_start, duration=spec.clip_seconds)
         arrays["eval_video"] = np.ascontiguousarray(window.frames)
     resolved = replace(record, start=start, end=end, modalities="+".join(present))
@@ -456,6 +459,11 @@ class DataCache:
                 f"{_describe(wanted, differing)}; build a cache for it (avserve data cache --model ...)"
             )
 
+    @property
+    def opened_shards(self) -> set[int]:
+        """The shards this process has opened."""
+        return set(self._files)
+
     def _fd(self, shard: int) -> int:
         if os.getpid() != self._pid:  # a forked DataLoader worker: descriptors are its own
             self._files, self._pid = {}, os.getpid()
@@ -485,7 +493,9 @@ class DataCache:
         return np.load(io.BytesIO(data), allow_pickle=False)
 
     def grid(self, position: int) -> np.ndarray:
-        return np.asarray(self.entries[position]["grid"], dtype=np.float64)
+        """Clip times of the clip's span_video frames."""
+        grid = self.entries[position]["grid"]
+        return grid["first"] + grid["step"] * np.arange(grid["count"], dtype=np.float64)
 
     def verify(self, progress: Callable[[Iterable], Iterable] | None = None) -> list[str]:
         """Every member's checksum and every shard's sha256: the problems found (empty if none)."""
