@@ -190,3 +190,13 @@ def test_cache_command(synth_dir, tmp_path):
     assert "wrote 2 clips in 1 shard(s)" in result.output and DataCache(out).spec == SPEC
     again = runner.invoke(build_app(), ["data", "cache", "--data", str(manifest), "--out", str(out), "--frames", "4"])
     assert again.exit_code == 2 and "missing: --sample-rate, --size, --clip-seconds" in again.output
+
+
+def test_long_spans_keep_their_centre():
+    from training.data.cache import resolve_span
+    from training.data.records import ClipRecord
+
+    record = ClipRecord(path=Path("x.mp4"), labels=("a",), start=10.0, end=110.0)
+    assert resolve_span(record, None, SPEC) == (45.0, 75.0)  # 30 s around the centre: the eval window is unchanged
+    assert resolve_span(ClipRecord(path=Path("x.mp4"), labels=("a",)), 8.5, SPEC) == (0.0, 8.5)  # the file's duration
+    assert resolve_span(ClipRecord(path=Path("x.mp4"), labels=("a",), start=3.0), None, SPEC) == (3.0, 5.0)  # unknown: one window
