@@ -51,7 +51,7 @@ def test_cli_help_lists_commands():
 
     cli = get_command(build_app())
     assert set(cli.commands) == set(COMMANDS)
-    assert set(cli.commands["data"].commands) == {"synth", "info", "import", "subset"}
+    assert set(cli.commands["data"].commands) == {"synth", "info", "import", "subset", "cache"}
     for name, command in cli.commands.items():
         callback = command.callback or next(iter(command.commands.values())).callback  # a group: its first command
         assert callback.__module__.split(".")[0] == COMMANDS[name], name

@@ -209,6 +209,79 @@ def data_subset(
     typer.echo(f"wrote {manifest}")
 
 
+@data_app.command("cache")
+def data_cache(
+    data: Annotated[Path, typer.Option(help="Dataset: a manifest CSV or a directory.")],
+    out: Annotated[Path, typer.Option(help="Cache directory to write (new or empty).")],
+    model: Annotated[
+        Optional[str], typer.Option(help="Decode for this model preset (avserve models) or training run directory.")
+    ] = None,
+    sample_rate: Annotated[Optional[int], typer.Option(min=1, help="Audio sample rate (instead of, or overriding, --model's).")] = None,
+    frames: Annotated[Optional[int], typer.Option(min=1, help="Frames per clip_seconds window (overrides --model's).")] = None,
+    size: Annotated[Optional[int], typer.Option(min=1, help="Frame size in pixels (overrides --model's).")] = None,
+    clip_seconds: Annotated[Optional[float], typer.Option(min=0.01, help="Window length in seconds (overrides --model's).")] = None,
+    splits: Annotated[str, typer.Option(help="Comma-separated splits to cache ('' for every clip).")] = "train,val,test",
+    workers: Annotated[int, typer.Option(min=1, help="Decoding processes.")] = 2,
+    shard_size: Annotated[str, typer.Option(help="Largest shard file, e.g. 512MB, 1GB.")] = "1GB",
+    frame_oversample: Annotated[
+        int, typer.Option(min=1, help="Cached frames per model frame period: train windows' frames land within half a "
+                                      "grid step of the raw decoder's (costs this many times the frame storage).")
+    ] = 1,
+    max_span_seconds: Annotated[
+        float, typer.Option(help="Longest span cached per clip (the centred part of longer ones).")
+    ] = 30.0,
+) -> None:
+    """Decode a dataset once, at a model's training resolution, into shards that `avserve train
+    --data CACHE` reads without decoding (augmentation stays random per epoch)."""
+    if importlib.util.find_spec("webdataset") is None:  # the shards' writer comes with the [train] extra
+        fail(f"avserve data cache needs the [train] extra: {TRAIN_EXTRA_HINT}")
+    from training.data.cache import CacheError, CacheSpec, build_cache, parse_size
+    from training.data.records import DatasetError, load_records
+
+    given = {"sample_rate": sample_rate, "num_frames": frames, "image_size": size, "clip_seconds": clip_seconds}
+    values = dict(_model_preprocessing(model)) if model else {}
+    values.update({k: v for k, v in given.items() if v is not None})
+    flags = {"sample_rate": "--sample-rate", "num_frames": "--frames", "image_size": "--size", "clip_seconds": "--clip-seconds"}
+    lacking = [flag for key, flag in flags.items() if key not in values]
+    if lacking:
+        fail(f"give --model, or all of {', '.join(flags.values())} (missing: {', '.join(lacking)})")
+    try:
+        spec = CacheSpec.for_model(**values, frame_oversample=frame_oversample, max_span_seconds=max_span_seconds)
+        dataset = load_records(data)
+        wanted = [s.strip() for s in splits.split(",") if s.strip()] or None
+        result = build_cache(dataset, out, spec, splits=wanted, workers=workers, shard_bytes=parse_size(shard_size))
+    except (CacheError, DatasetError) as error:
+        fail(str(error))
+    typer.echo(f"wrote {result.clips} clips in {result.shards} shard(s), {result.bytes / 1e6:.1f} MB, to {out} ({spec.describe()})")
+    if result.failed:
+        for clip in result.failed:
+            typer.echo(f"  failed: {clip['path']}: {clip['error']}", err=True)
+        fail(f"{len(result.failed)} clip(s) could not be decoded and are not in the cache (listed under 'failed' in {out / 'cache.json'})", code=1)
+
+
+def _model_preprocessing(model: str) -> dict[str, Any]:
+    """sample_rate, num_frames, image_size, clip_seconds of a preset or a training run directory."""
+    if Path(model, "run.json").is_file():
+        try:  # read directly: a run's preprocessing needs no torch
+            config = json.loads(Path(model, "run.json").read_text())["config"]
+        except (ValueError, KeyError) as error:
+            fail(f"{Path(model, 'run.json')}: not a run description ({error})")
+    else:
+        if importlib.util.find_spec("torch") is None:
+            fail(f"--model {model}: a preset needs the [train] extra ({TRAIN_EXTRA_HINT}); give the sizes instead")
+        from training.models import get_model_config
+
+        try:
+            config = dataclasses.asdict(get_model_config(model))
+        except KeyError as error:
+            fail(str(error.args[0] if error.args else error))
+    size = config["image_size"]
+    return {
+        "sample_rate": int(config["sample_rate"]), "num_frames": int(config["num_frames"]),
+        "image_size": int(size[0] if isinstance(size, (list, tuple)) else size), "clip_seconds": float(config["clip_seconds"]),
+    }  # fmt: skip
+
+
 # ---- train: options derived from TrainConfig ----------------------------------------------------
 
 # Where a TrainConfig field's option differs from the derived one (name, help, default).

@@ -14,7 +14,7 @@ class TrainConfig:
     (training/cli.py derives them from this class: the `help` metadata is the option's help)."""
 
     model: str = field(metadata={"help": "Model preset (avserve models / training.models.list_models()), e.g. zorro_tiny."})
-    data: str | Path = field(metadata={"help": "Dataset: a manifest CSV or a directory."})
+    data: str | Path = field(metadata={"help": "Dataset: a manifest CSV, a directory, or a data cache (avserve data cache)."})
     out: str | Path = field(metadata={"help": "Run directory (run.json, last.pt, best.pt, metrics.jsonl, eval.json)."})
     objective: str = field(default="supervised", metadata={"help": "What to optimise (training.objectives): supervised, contrastive, masked, ..."})
     objective_options: dict[str, Any] = field(default_factory=dict, metadata={"help": "The objective's options (--objective-set key=value)."})

@@ -214,9 +214,16 @@ class Trainer:
         except (TypeError, ValueError) as error:
             raise TrainError(f"bad model config for {self.model_name!r}: {error}") from None
 
+        from training.data.cache import CacheError, DataCache, is_cache
+
+        self.cache = None  # a data cache (training/data/cache.py) given as --data: items without decoding
         try:
-            self.records = load_records(cfg.data)
-        except DatasetError as error:
+            if is_cache(cfg.data):
+                self.cache = DataCache(cfg.data)
+                self.records = self.cache.record_set()
+            else:
+                self.records = load_records(cfg.data)
+        except (DatasetError, CacheError) as error:
             raise TrainError(str(error)) from None
         except FileNotFoundError as error:
             raise TrainError(f"dataset not found: {error}") from None
@@ -321,7 +328,10 @@ class Trainer:
         config = self.model.config
         pre = Preprocessing.from_config(config)
         modalities = tuple(sorted(self.input_modalities))
-        self.train_set = AVClipDataset(
+        dataset_type = AVClipDataset
+        if self.cache is not None:
+            dataset_type = self._cached_dataset_type()
+        self.train_set = dataset_type(
             train_records.records,
             self.classes,
             self.multilabel,
@@ -338,7 +348,7 @@ class Trainer:
         self.eval_set = None
         if eval_records is not None:
             clips = eval_records.records[: cfg.max_eval_clips] if cfg.max_eval_clips else eval_records.records
-            self.eval_set = AVClipDataset(
+            self.eval_set = dataset_type(
                 clips, self.classes, self.multilabel, pre, train=False, modalities=modalities, missing=self.missing,
                 seed=cfg.seed, text=self.objective_type.text_input,
             )
@@ -356,6 +366,23 @@ class Trainer:
         if self.total_steps < 1:
             raise TrainError("--steps must be >= 1")
         self.global_batch = cfg.batch_size * world
+
+    def _cached_dataset_type(self):
+        """CachedClipDataset reading self.cache, which must hold the model's preprocessing."""
+        from training.data.cache import CacheError
+        from training.data.cached_dataset import CachedClipDataset
+
+        if self.cache.failed:
+            self._log(f"note: {len(self.cache.failed)} clip(s) of the source failed to decode when {self.cache.directory} was built "
+                      f"and are not in it (listed under 'failed' in its cache.json)")  # fmt: skip
+
+        def build(*args, **kwargs):
+            try:
+                return CachedClipDataset(self.cache, *args, **kwargs)
+            except CacheError as error:
+                raise TrainError(f"{error} ({self.model_name})") from None
+
+        return build
 
     def _setup_optimisation(self) -> None:
         """Schedule, optimiser (parameter groups: training/optim.py), AMP and the DDP wrapper."""
