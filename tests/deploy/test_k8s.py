@@ -3,8 +3,9 @@
 - every kustomization renders with the `kubectl` on PATH (scripts/setup.sh installs Debian's
   kubernetes-client; the manifests keep to what its kustomize v2.0.3 reads);
 - every rendered object validates, strictly, against the Kubernetes API schemas of a pinned
-  version (kubernetes-validate) or, for the custom resources, the schemas vendored in
-  deploy/k8s/schemas/ (scripts/k8s_crd_schemas.py);
+  version (kubernetes-validate) or, for the custom resources, the published CRDs vendored in
+  deploy/k8s/schemas/crds/ (their openAPIV3Schema closed as strict field validation does,
+  tests/helpers/crd_schemas.py);
 - the references a cluster would only find broken at run time: selectors and labels, named
   ports, probe paths and ports against the real gateway (started with the manifest's
   environment) and a real tritonserver of the same release (started with the manifest's flags), the HPA's metric in the gateway's /metrics, images against
@@ -35,6 +36,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from crd_schemas import crd_json_schema
 from referencing import Registry, Resource
 
 from avserve.gateway.settings import GatewaySettings
@@ -45,11 +47,13 @@ SERVING = ("base", "overlays/cpu", "overlays/gpu")
 TRAINING = ("training/pytorchjob", "training/indexed-job")
 KUSTOMIZATIONS = SERVING + TRAINING
 KUBERNETES_VERSION = "1.30.0"  # the API the manifests are written for (autoscaling/v2, policy/v1, Indexed Jobs)
-CRD_SCHEMAS = {
-    ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-monitoring-v1.json",
-    ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitor-monitoring-v1.json",
-    ("monitoring.coreos.com/v1", "PrometheusRule"): "prometheusrule-monitoring-v1.json",
-    ("kubeflow.org/v1", "PyTorchJob"): "pytorchjob-kubeflow-v1.json",
+# (apiVersion, kind) of each custom resource: the published CRD it is checked against
+# (deploy/k8s/schemas/README.md says which release each comes from)
+CRDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"): "monitoring.coreos.com_servicemonitors.yaml",
+    ("monitoring.coreos.com/v1", "PodMonitor"): "monitoring.coreos.com_podmonitors.yaml",
+    ("monitoring.coreos.com/v1", "PrometheusRule"): "monitoring.coreos.com_prometheusrules.yaml",
+    ("kubeflow.org/v1", "PyTorchJob"): "kubeflow.org_pytorchjobs.yaml",
 }
 
 
@@ -127,18 +131,22 @@ def flag(command: list[str], name: str) -> str:
 
 
 @cache
-def schema_registry() -> Registry:
+def crd_validator(api_version: str, kind: str) -> jsonschema.Validator:
+    """The published CRD's schema of `kind` at `api_version`, its metadata checked against
+    kubernetes-validate's strict ObjectMeta of the pinned Kubernetes version."""
     folder = files("kubernetes_validate") / "kubernetes-json-schema" / f"v{KUBERNETES_VERSION}-local-strict"
     definitions = json.loads((folder / "_definitions.json").read_text())
-    return Registry().with_resource(definitions["$id"], Resource.from_contents(definitions))
+    object_meta = {"$ref": f"{definitions['$id']}#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"}
+    defined, schema = crd_json_schema(K8S / "schemas" / "crds" / CRDS[api_version, kind], api_version, object_meta)
+    assert defined == kind, f"{CRDS[api_version, kind]} defines {defined}"
+    registry = Registry().with_resource(definitions["$id"], Resource.from_contents(definitions))
+    return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
 def validation_errors(obj: dict) -> list[str]:
     where = f"{obj['kind']}/{obj['metadata']['name']}"
-    crd = CRD_SCHEMAS.get((obj["apiVersion"], obj["kind"]))
-    if crd is not None:
-        schema = json.loads((K8S / "schemas" / crd).read_text())
-        validator = jsonschema.Draft202012Validator(schema, registry=schema_registry())
+    if (obj["apiVersion"], obj["kind"]) in CRDS:
+        validator = crd_validator(obj["apiVersion"], obj["kind"])
         return [f"{where} {list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(obj)]
     try:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
@@ -159,19 +167,58 @@ def test_renders_and_every_object_validates_strictly(kustomization):
         assert obj["metadata"]["labels"]["app.kubernetes.io/part-of"] == "avserve"
 
 
+def changed(obj: dict, path: tuple, value) -> dict:
+    """A copy of `obj` with the field at `path` (keys and list indices) set to `value`."""
+    copy = json.loads(json.dumps(obj))
+    parent = copy
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = value
+    return copy
+
+
+POD_TEMPLATE = ("spec", "pytorchReplicaSpecs", "Master", "template")
+# A misspelt field deep inside each kind: every nested object is closed, not only the top ones.
+MISSPELT = [
+    ("Deployment/gateway", ("spec", "template", "spec", "containers", 0, "readinessProbe", "httpGet", "paht"), "/readyz"),
+    ("ServiceMonitor", ("spec", "endpoints", 0, "inteval"), "15s"),
+    ("PodMonitor", ("spec", "podMetricsEndpoints", 0, "relabelings", 0, "target_label"), "job"),
+    ("PrometheusRule", ("spec", "groups", 0, "rules", 0, "expresion"), "1"),
+    ("PyTorchJob", ("spec", "pytorchReplicaSpecs", "Master", "restart_policy"), "OnFailure"),
+    ("PyTorchJob", ("metadata", "lables"), {}),  # the resource's own metadata: ObjectMeta
+    ("PyTorchJob", (*POD_TEMPLATE, "metadata", "labesl"), {}),  # the pod template's, as the CRD declares it
+    ("PyTorchJob", (*POD_TEMPLATE, "spec", "containers", 0, "volumeMounts", 0, "readonly"), True),  # the expanded PodSpec
+]
+# Values the published CRDs constrain beyond their types (enum, pattern, int-or-string)
+OUT_OF_RANGE = [
+    ("ServiceMonitor", ("spec", "endpoints", 0, "scheme"), "htp"),  # enum http, https, HTTP, HTTPS
+    ("ServiceMonitor", ("spec", "endpoints", 0, "interval"), "15 seconds"),  # Prometheus duration pattern
+    ("PodMonitor", ("spec", "podMetricsEndpoints", 0, "targetPort"), 80.5),  # int-or-string
+    ("PrometheusRule", ("spec", "groups", 1, "rules", 0, "for"), "2 minutes"),  # duration pattern
+    ("PyTorchJob", (*POD_TEMPLATE, "spec", "containers", 0, "resources", "limits", "memory"), "64 GB"),  # Quantity pattern
+    ("PyTorchJob", (*POD_TEMPLATE, "spec", "containers", 0, "imagePullPolicy"), 3),  # a string
+]
+# ... and the same fields with values they accept, so those failures come from the constraint
+IN_RANGE = [
+    ("ServiceMonitor", ("spec", "endpoints", 0, "scheme"), "https"),
+    ("PodMonitor", ("spec", "podMetricsEndpoints", 0, "targetPort"), 8002),
+    ("PodMonitor", ("spec", "podMetricsEndpoints", 0, "targetPort"), "metrics"),
+    ("PrometheusRule", ("spec", "groups", 1, "rules", 0, "for"), "1h30m"),
+    ("PyTorchJob", (*POD_TEMPLATE, "spec", "containers", 0, "resources", "limits", "memory"), "64G"),
+]
+
+
 def test_strict_validation_is_not_vacuous():
-    """A misspelt field fails, in a built-in kind and in each custom resource's schema."""
+    """A misspelt field fails, in a built-in kind and at any depth of each custom resource; the
+    enums and patterns the published CRDs carry are enforced. (`kind` or `kind/name`.)"""
     objects = render("overlays/gpu") + render("training/pytorchjob")
-    deployment = json.loads(json.dumps(find(objects, "Deployment", "gateway")))
-    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["paht"] = "/readyz"
-    assert validation_errors(deployment)
-    for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule", "PyTorchJob"):
-        broken = json.loads(json.dumps(find(objects, kind)))
-        broken["spec"]["unknownField"] = 1
-        assert validation_errors(broken), kind
-    job = json.loads(json.dumps(find(objects, "PyTorchJob")))
-    job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = 3
-    assert validation_errors(job)  # the pod template inside the CRD is checked with Kubernetes' schema
+    for kind, path, value in MISSPELT:
+        errors = validation_errors(changed(find(objects, *kind.split("/")), path, value))
+        assert f"'{path[-1]}'" in "\n".join(errors), (kind, path, errors)
+    for kind, path, value in OUT_OF_RANGE:
+        assert validation_errors(changed(find(objects, *kind.split("/")), path, value)), (kind, path, value)
+    for kind, path, value in IN_RANGE:
+        assert validation_errors(changed(find(objects, *kind.split("/")), path, value)) == [], (kind, path, value)
 
 
 def test_overlays_keep_every_base_object():
