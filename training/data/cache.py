@@ -59,6 +59,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from avserve.views import temporal_starts
 from training.data.records import ClipRecord, RecordSet
 
 INDEX_FILE = "cache.json"
@@ -145,21 +146,11 @@ class DecodedClip:
 def resolve_span(record: ClipRecord, duration: float | None, spec: CacheSpec) -> tuple[float, float]:
     """[start, end] of the clip's span as AVClipDataset's window rule sees it, capped at
     max_span_seconds around its centre."""
-    start = float(record.start or 0.0)
-    end = record.end
-    if end is None:
-        end = float(duration) if duration else start + spec.clip_seconds
-    end = float(end)
+    start, end = record.span(duration, spec.clip_seconds)
     excess = end - start - spec.max_span_seconds
     if excess > 0:
         start, end = start + excess / 2.0, end - excess / 2.0
     return start, end
-
-
-def _eval_start(start: float, end: float, spec: CacheSpec) -> float:
-    """AVClipDataset's eval window: centred in the span."""
-    slack = end - start - spec.clip_seconds
-    return start + slack / 2.0 if slack > 0 else start
 
 
 def _fit(samples: np.ndarray, n: int) -> np.ndarray:
@@ -184,7 +175,7 @@ def decode_clip(record: ClipRecord, spec: CacheSpec) -> DecodedClip:
             raise ValueError(f"the manifest says {record.modalities}, but the file has {'+'.join(present) or 'no stream'}")
         present = [m for m in present if m in declared]
     start, end = resolve_span(record, info.duration, spec)
-    eval_start = _eval_start(start, end, spec)
+    eval_start = temporal_starts(start, end, spec.clip_seconds, 1)[0]  # AVClipDataset's eval window
     arrays: dict[str, np.ndarray] = {}
     grid: dict[str, float] = {}
     # the grid covers every window the train rule can draw (a short span's one window included)

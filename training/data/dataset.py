@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from avserve.views import temporal_starts
 from training.augment import VideoAugmentConfig, augment_video, eval_video
 from training.data.text import TextSpec, encode_captions
 
@@ -161,17 +162,18 @@ class AVClipDataset(Dataset):
             raise SampleError(f"{record.path}: single-label dataset but the clip has {len(idx)} labels")
         return torch.tensor(idx[0], dtype=torch.int64)
 
+    def span(self, record) -> tuple[float, float]:
+        """[start, end] of the record (`ClipRecord.span`), probing the file only for a blank end."""
+        duration = self._probe(str(record.path)).duration if record.end is None else None
+        return record.span(duration, self.pre.clip_seconds)
+
     def _window(self, record, rng: np.random.Generator) -> float:
-        """Start time of the clip_seconds window."""
-        start = float(record.start or 0.0)
-        end = getattr(record, "end", None)
-        if end is None:
-            duration = self._probe(str(record.path)).duration
-            end = float(duration) if duration else start + self.pre.clip_seconds
-        slack = float(end) - start - self.pre.clip_seconds
-        if slack <= 0:
-            return start
-        return start + (float(rng.uniform(0.0, slack)) if self.train else slack / 2.0)
+        """Start time of the clip_seconds window: random in the span when training, else centred."""
+        start, end = self.span(record)
+        slack = end - start - self.pre.clip_seconds
+        if self.train and slack > 0:
+            return start + float(rng.uniform(0.0, slack))
+        return temporal_starts(start, end, self.pre.clip_seconds, 1)[0]
 
     def __getitem__(self, key) -> dict[str, Any]:
         if isinstance(key, (tuple, list)):

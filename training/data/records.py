@@ -104,6 +104,14 @@ class ClipRecord:
             raise ValueError(f"{self.path} has {len(self.labels)} labels; use .labels")
         return self.labels[0]
 
+    def span(self, duration: float | None, window: float) -> tuple[float, float]:
+        """[start, end] seconds of the clip: a blank end is the file's `duration`, or one `window`
+        when that is unknown too. The windows training, evaluation and the data cache draw lie in it."""
+        start = float(self.start or 0.0)
+        if self.end is not None:
+            return start, float(self.end)
+        return start, float(duration) if duration else start + window
+
 
 @dataclass
 class RecordSet:

@@ -49,7 +49,7 @@ class MultiViewDataset(Dataset):
             "has_video": torch.tensor("video" in present and "video" in data.modalities),
         }
         try:
-            starts = temporal_starts(*self._span(record), data.pre.clip_seconds, self.grid.temporal)
+            starts = temporal_starts(*data.span(record), data.pre.clip_seconds, self.grid.temporal)
             if "audio" in data.modalities:
                 audio = [self._audio(path, start, present) for start in starts]
                 item["audio"] = torch.stack([clip for clip in audio for _ in range(self.grid.spatial)])
@@ -61,15 +61,6 @@ class MultiViewDataset(Dataset):
             raise SampleError(f"cannot decode {path}: {type(error).__name__}: {error}") from error
         item["num_views"] = torch.tensor(self.grid.count, dtype=torch.int64)
         return item
-
-    def _span(self, record) -> tuple[float, float]:
-        """[start, end] of the record, as AVClipDataset's window rule reads it."""
-        start = float(record.start or 0.0)
-        end = getattr(record, "end", None)
-        if end is None:
-            duration = self.dataset._probe(str(record.path)).duration
-            end = float(duration) if duration else start + self.dataset.pre.clip_seconds
-        return start, float(end)
 
     def _audio(self, path: str, start: float, present: set[str]) -> torch.Tensor:
         if "audio" not in present:
