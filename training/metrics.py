@@ -27,6 +27,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from avserve.views import softmax  # noqa: F401  (one softmax for serving and scoring; callers import it from here)
+
 
 def _as_multihot(target: np.ndarray, num_classes: int) -> np.ndarray:
     target = np.asarray(target)
@@ -68,12 +70,18 @@ def average_precision(scores: np.ndarray, positives: np.ndarray) -> float:
     return float(np.sum((recall - recall_prev) * precision))
 
 
-def mean_average_precision(scores: np.ndarray, target: np.ndarray) -> float:
+def _class_mean(per_class, scores: np.ndarray, target: np.ndarray) -> float:
+    """The mean of `per_class(scores[:, c], positives[:, c])` over the classes where it is defined."""
     scores = np.asarray(scores, dtype=np.float64)
     hot = _as_multihot(target, scores.shape[1])
-    aps = [average_precision(scores[:, c], hot[:, c]) for c in range(scores.shape[1])]
-    aps = [a for a in aps if not np.isnan(a)]
-    return float(np.mean(aps)) if aps else float("nan")
+    values = [per_class(scores[:, c], hot[:, c]) for c in range(scores.shape[1])]
+    values = [v for v in values if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
+
+
+def mean_average_precision(scores: np.ndarray, target: np.ndarray) -> float:
+    """mAP over the classes with at least one positive."""
+    return _class_mean(average_precision, scores, target)
 
 
 def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
@@ -101,11 +109,7 @@ def roc_auc(scores: np.ndarray, positives: np.ndarray) -> float:
 
 def mean_roc_auc(scores: np.ndarray, target: np.ndarray) -> float:
     """Macro AUC over the classes that have positives and negatives (NaN if none has both)."""
-    scores = np.asarray(scores, dtype=np.float64)
-    hot = _as_multihot(target, scores.shape[1])
-    aucs = [roc_auc(scores[:, c], hot[:, c]) for c in range(scores.shape[1])]
-    aucs = [a for a in aucs if not np.isnan(a)]
-    return float(np.mean(aucs)) if aucs else float("nan")
+    return _class_mean(roc_auc, scores, target)
 
 
 def d_prime(auc: float) -> float:
@@ -159,13 +163,6 @@ def factor_scores(logits: np.ndarray, target: np.ndarray, class_factors: Sequenc
         "accuracy": float(np.mean(names[logits.argmax(1)] == names[truth])),
         "mass": float(np.mean((probabilities * right).sum(1))),
     }
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of logits [N, C]."""
-    x = x - x.max(axis=1, keepdims=True)
-    e = np.exp(x)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from avserve.contract import AUDIO, VIDEO
+from avserve.views import softmax
 
 QUANTIZE_CHOICES: tuple[str, ...] = ("none", "int8")
 # Every transformer projection, MLP and attention product is a MatMul; the dynamic quantizer
@@ -146,11 +147,6 @@ def _unshare_gemm_weights(model: Any) -> None:
             model.graph.initializer.append(copy)
             node.input[1] = copy.name
             uses[weight] -= 1
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
 def int8_parity(
